@@ -1,0 +1,66 @@
+"""The `expertmesh` command: serve the gateway, train and evaluate routers, route a text."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from expertmesh.cli_common import ConfigOption, load_or_exit, stderr
+from expertmesh.cli_experts import experts_app
+from expertmesh.cli_router import router_app
+
+app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
+app.add_typer(router_app, name="router")
+app.add_typer(experts_app, name="experts")
+
+
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("httpx", "httpcore", "sentence_transformers", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@app.command()
+def serve(
+    config: ConfigOption = None,
+    host: Annotated[str | None, typer.Option(help="Override gateway.host.")] = None,
+    port: Annotated[int | None, typer.Option(help="Override gateway.port.")] = None,
+) -> None:
+    """Start the gateway (and the embedded expert server if the config uses it).
+
+    If the router artifact does not exist yet, the default router is trained first.
+    """
+    from gateway.server import run_gateway
+    from expertmesh.routers import load_or_train_policy
+
+    cfg = load_or_exit(config)
+    policy = load_or_train_policy(cfg, stderr)
+    run_gateway(cfg, policy, host=host or cfg.gateway.host, port=port if port is not None else cfg.gateway.port)
+
+
+@app.command()
+def route(
+    text: Annotated[str, typer.Argument(help="The user message to route.")],
+    config: ConfigOption = None,
+    router: Annotated[Path | None, typer.Option(help="Router artifact folder (default: router.artifact).")] = None,
+) -> None:
+    """Print the routing decision for one text, as JSON."""
+    from expertmesh.routers import load_policy
+
+    cfg = load_or_exit(config)
+    decision = load_policy(cfg, router).route(text)
+    typer.echo(json.dumps(decision.to_dict(), indent=2))
+
+
+def main() -> None:
+    app()

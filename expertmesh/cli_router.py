@@ -1,0 +1,69 @@
+"""`expertmesh router train` and `expertmesh router evaluate`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import Progress
+
+from expertmesh.cli_common import ConfigOption, fail, load_or_exit, stderr
+
+router_app = typer.Typer(help="Train and evaluate the router.", no_args_is_help=True)
+
+
+@router_app.command()
+def train(
+    config: ConfigOption = None,
+    out: Annotated[Path | None, typer.Option(help="Artifact folder (default: router.artifact of the config).")] = None,
+    kind: Annotated[str | None, typer.Option(help="Router kind (default: router.kind of the config).")] = None,
+    max_per_source: Annotated[int, typer.Option(help="Cap on examples drawn from each source.", min=10)] = 1500,
+    seed: Annotated[int, typer.Option(help="Seed for sampling and splits.")] = 0,
+) -> None:
+    """Train the router on the vendored data; report held-out-source and random-split metrics."""
+    from eval.routing import render_metrics
+    from expertmesh.routers import TRAINERS, train_with_progress
+    from router.training import TrainSettings
+
+    cfg = load_or_exit(config)
+    kind = kind or cfg.router.kind
+    if kind not in TRAINERS:
+        fail(f"unknown router kind '{kind}'; known kinds: {sorted(TRAINERS)}")
+    folder = (out or cfg.router.artifact).expanduser()
+    settings = TrainSettings(max_per_source=max_per_source, seed=seed)
+    result = train_with_progress(kind, folder, cfg.domains, settings, stderr)
+    console = Console()
+    held_out = result.metrics["held_out_sources"]
+    render_metrics(console, held_out, "Held-out sources (" + ", ".join(held_out["sources"].values()) + ")")
+    render_metrics(console, result.metrics["random_split"], "Random split")
+    console.print(f"Router artifact written to {folder}")
+
+
+@router_app.command()
+def evaluate(
+    data: Annotated[Path, typer.Option(help='A .jsonl/.jsonl.gz file, or a folder of them, with {"text", "domain"} lines.')],
+    router: Annotated[Path | None, typer.Option(help="Router artifact folder (default: router.artifact of the config).")] = None,
+    config: ConfigOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="End the output with one JSON line of the metrics.")] = False,
+) -> None:
+    """Accuracy, macro-F1, per-domain precision/recall/F1 and the confusion matrix on labelled data."""
+    from eval.routing import evaluate_classifier, render_metrics
+    from router.classifier import ArtifactError, load_classifier
+    from router.data import DataError, read_examples
+
+    cfg = load_or_exit(config)
+    folder = (router or cfg.router.artifact).expanduser()
+    try:
+        classifier = load_classifier(folder)
+        examples = read_examples(data, classifier.labels)
+    except (ArtifactError, DataError) as exc:
+        fail(str(exc))
+    with Progress(console=stderr, transient=True) as progress:
+        task = progress.add_task("routing", total=len(examples))
+        metrics = evaluate_classifier(classifier, examples, on_batch=lambda n: progress.advance(task, n))
+    render_metrics(Console(), metrics, f"Router {folder.name} on {data}")
+    if as_json:
+        typer.echo(json.dumps(metrics, separators=(",", ":")))

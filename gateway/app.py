@@ -1,0 +1,130 @@
+"""Assembling the FastAPI application: thin handlers over ChatService."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from contextlib import asynccontextmanager
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from expertmesh.config import Config
+from experts.pool import ExpertPool
+from gateway.errors import APIError, from_validation_error
+from gateway.limits import BodySizeLimit
+from gateway.protocol import ChatCompletionRequest, RouteRequest
+from gateway.serving import ChatService, decision_headers
+from router.policy import RoutingPolicy
+from router.text import routing_text
+
+log = logging.getLogger(__name__)
+
+
+def _service(request: Request) -> ChatService:
+    return request.app.state.service
+
+
+Service = Annotated[ChatService, Depends(_service)]
+
+
+def _authenticate(request: Request) -> None:
+    keys: list[bytes] = request.app.state.api_keys
+    if not keys:
+        return
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    # compare_digest against every key: the time taken does not reveal which key was close
+    if scheme.lower() != "bearer" or not any([hmac.compare_digest(token.encode(), key) for key in keys]):
+        raise APIError(
+            401,
+            "invalid or missing API key: send 'Authorization: Bearer <key>'",
+            code="invalid_api_key",
+            headers={"www-authenticate": "Bearer"},
+        )
+
+
+Authenticated = Depends(_authenticate)
+
+
+async def _parse(request: Request, model: type):
+    try:
+        return model.model_validate_json(await request.body())
+    except ValidationError as exc:
+        raise from_validation_error(exc) from None
+
+
+def build_app(config: Config, policy: RoutingPolicy | None, experts: ExpertPool) -> FastAPI:
+    """The gateway app; the caller owns the router and the expert pool it is given."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        await experts.aclose()
+
+    app = FastAPI(title="expertmesh gateway", version="0.1.0", lifespan=lifespan)
+    app.state.service = ChatService(policy, experts, config.router.fallback_expert)
+    app.state.api_keys = [key.encode() for key in config.gateway.api_keys]
+    app.add_middleware(BodySizeLimit, max_bytes=config.gateway.max_body_bytes)
+    _add_error_handlers(app)
+
+    @app.post("/v1/chat/completions", dependencies=[Authenticated])
+    async def chat_completions(request: Request, service: Service) -> Response:
+        """Answer a chat request with the routed (model "auto") or the named expert."""
+        return await service.chat(await _parse(request, ChatCompletionRequest))
+
+    @app.post("/v1/route", dependencies=[Authenticated])
+    async def route(request: Request, service: Service) -> Response:
+        """The routing decision alone, without asking an expert."""
+        body: RouteRequest = await _parse(request, RouteRequest)
+        text = body.text if body.text is not None else routing_text(m.model_dump() for m in body.messages)
+        decision = await service.route_text(text)
+        return JSONResponse(decision.to_dict(), headers=decision_headers(decision))
+
+    @app.get("/v1/models", dependencies=[Authenticated])
+    async def models(service: Service) -> dict:
+        """The auto model and every expert, in OpenAI's list format."""
+        created = int(time.time())
+        return {
+            "object": "list",
+            "data": [{"id": m, "object": "model", "created": created, "owned_by": "expertmesh"} for m in service.model_ids],
+        }
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        """The gateway process is up."""
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz(service: Service) -> JSONResponse:
+        """Every expert's server answers and serves its model."""
+        experts_health = await service.experts.health()
+        ready = all(item["ok"] for item in experts_health.values())
+        body = {"status": "ready" if ready else "not ready", "router": service.policy is not None, "experts": experts_health}
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, exc: APIError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return APIError(400, f"invalid request: {exc.errors()[0]['msg'] if exc.errors() else exc}").response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        return APIError(exc.status_code, str(exc.detail), kind).response()
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return APIError(500, "internal error in the gateway; see its log", "server_error").response()

@@ -1,0 +1,75 @@
+"""Errors in OpenAI's shape, and the one map from exceptions to HTTP statuses."""
+
+from __future__ import annotations
+
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from experts.errors import ExpertError, ExpertFailed, ExpertRejected, ExpertTimeout, ExpertUnavailable
+
+
+class APIError(Exception):
+    """An error the gateway answers with, in OpenAI's error shape."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+        self.headers = headers
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+
+# status, OpenAI error type, code
+_EXPERT_ERRORS: dict[type[ExpertError], tuple[int, str, str]] = {
+    ExpertUnavailable: (502, "upstream_error", "expert_unavailable"),
+    ExpertFailed: (502, "upstream_error", "expert_error"),
+    ExpertTimeout: (504, "upstream_error", "expert_timeout"),
+}
+
+
+def from_expert_error(exc: ExpertError) -> APIError:
+    if isinstance(exc, ExpertRejected):
+        return APIError(exc.status_code, str(exc), code="expert_rejected_request")
+    status, kind, code = _EXPERT_ERRORS.get(type(exc), (502, "upstream_error", "expert_error"))
+    return APIError(status, str(exc), kind, code=code)
+
+
+def _location(loc: tuple) -> str:
+    parts: list[str] = []
+    for part in loc:
+        if isinstance(part, int):
+            parts.append(f"[{part}]")
+        elif part in ("str", "list[TextPart]", "function-after[_content_required(), ChatMessage]"):
+            continue  # pydantic names the union member it tried; users know no such key
+        else:
+            parts.append(("." if parts else "") + str(part))
+    return "".join(parts)
+
+
+def from_validation_error(exc: ValidationError) -> APIError:
+    errors = exc.errors(include_url=False)
+    if errors and errors[0]["type"] == "json_invalid":
+        return APIError(400, f"the request body is not valid JSON: {errors[0]['ctx']['error']}", code="invalid_json")
+    if errors and errors[0]["type"] == "model_type":
+        return APIError(400, "the request body must be a JSON object", code="invalid_request")
+    seen: list[str] = []
+    for error in errors:
+        where = _location(error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        text = f"{where}: {message}" if where else message
+        if text not in seen:
+            seen.append(text)
+    first = _location(errors[0]["loc"]) if errors else None
+    return APIError(400, "invalid request: " + "; ".join(seen[:4]), param=first or None, code="invalid_request")

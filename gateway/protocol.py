@@ -1,0 +1,75 @@
+"""Wire types of the gateway's OpenAI-compatible API (Pydantic, nothing else)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Role = Literal["system", "developer", "user", "assistant", "tool"]
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    role: Role
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+
+    @model_validator(mode="after")
+    def _content_required(self) -> ChatMessage:
+        # Only assistant turns (carrying tool calls) may omit their content.
+        if self.content is None and self.role != "assistant":
+            raise ValueError(f"a '{self.role}' message needs a 'content'")
+        return self
+
+
+class ChatCompletionRequest(BaseModel):
+    """The fields the gateway checks; any other field is passed to the expert unchanged."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    model: str = Field(min_length=1)
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    n: int | None = Field(default=None, ge=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    user: str | None = None
+
+    def upstream_fields(self) -> dict[str, Any]:
+        """The request as a dict for the expert, without the gateway's own `model`."""
+        body = self.model_dump(exclude={"model"}, exclude_none=True)
+        body["messages"] = [m.model_dump(exclude_none=True) for m in self.messages]
+        return body
+
+
+class RouteRequest(BaseModel):
+    """POST /v1/route: either chat `messages` or a plain `text`."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    messages: list[ChatMessage] | None = Field(default=None, min_length=1)
+    text: str | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _one_of(self) -> RouteRequest:
+        if (self.messages is None) == (self.text is None):
+            raise ValueError("give exactly one of 'messages' or 'text'")
+        return self

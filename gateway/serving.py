@@ -1,0 +1,120 @@
+"""The logic behind the endpoints: decide the expert, reformat, relay, attach the decision."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+
+import orjson
+from fastapi.responses import Response, StreamingResponse
+
+from expertmesh.config import AUTO_MODEL
+from experts.client import ExpertClient
+from experts.errors import ExpertError, ExpertUnavailable
+from experts.pool import ExpertPool
+from gateway.errors import APIError, from_expert_error
+from gateway.protocol import ChatCompletionRequest
+from router.decision import RoutingDecision
+from router.policy import RoutingPolicy
+from router.text import routing_text
+
+log = logging.getLogger(__name__)
+
+DONE_LINE = b"data: [DONE]"
+
+
+def decision_headers(decision: RoutingDecision) -> dict[str, str]:
+    headers = {"x-expertmesh-expert": decision.expert, "x-expertmesh-routed-by": decision.routed_by}
+    if decision.domain is not None:
+        headers["x-expertmesh-domain"] = decision.domain
+        headers["x-expertmesh-confidence"] = f"{decision.confidence:.4f}"
+        headers["x-expertmesh-scores"] = orjson.dumps(decision.scores).decode()
+        headers["x-expertmesh-route-ms"] = f"{decision.latency_ms:.3f}"
+    return headers
+
+
+def _sse_error(error: APIError) -> bytes:
+    return b"data: " + orjson.dumps(error.body()) + b"\n\n" + DONE_LINE + b"\n\n"
+
+
+class ChatService:
+    def __init__(self, policy: RoutingPolicy | None, experts: ExpertPool, fallback_expert: str) -> None:
+        self.policy = policy
+        self.experts = experts
+        self.fallback_expert = fallback_expert
+
+    @property
+    def model_ids(self) -> list[str]:
+        return [AUTO_MODEL, *self.experts.names]
+
+    async def route_text(self, text: str) -> RoutingDecision:
+        if self.policy is None:
+            raise APIError(503, "no router is loaded; name an expert as the model", "server_error")
+        if not text.strip():
+            return RoutingDecision(expert=self.fallback_expert, routed_by="fallback")
+        # The encoder is CPU-bound: keep it off the event loop.
+        return await asyncio.to_thread(self.policy.route, text)
+
+    async def decide(self, request: ChatCompletionRequest) -> RoutingDecision:
+        if request.model == AUTO_MODEL:
+            return await self.route_text(routing_text(m.model_dump() for m in request.messages))
+        if self.experts.get(request.model) is None:
+            raise APIError(
+                404,
+                f"The model '{request.model}' does not exist; available models: {self.model_ids}",
+                param="model",
+                code="model_not_found",
+            )
+        return RoutingDecision(expert=request.model, routed_by="explicit")
+
+    async def chat(self, request: ChatCompletionRequest) -> Response:
+        decision = await self.decide(request)
+        client = self.experts.get(decision.expert)
+        assert client is not None  # the config guarantees every routed expert exists
+        body = client.request_body(request.upstream_fields(), decision.domain)
+        headers = decision_headers(decision)
+        try:
+            if request.stream:
+                return await self._stream(client, body, decision, headers)
+            answer = await client.complete(body)
+        except ExpertError as exc:
+            log.warning("%s", exc)
+            raise from_expert_error(exc) from exc
+        answer["expertmesh"] = decision.to_dict()
+        return Response(orjson.dumps(answer), media_type="application/json", headers=headers)
+
+    async def _stream(self, client: ExpertClient, body: dict, decision: RoutingDecision, headers) -> Response:
+        stack = AsyncExitStack()
+        lines = await stack.enter_async_context(client.stream(body))  # errors here become statuses
+        return StreamingResponse(
+            self._relay(lines, stack, decision, client.name),
+            media_type="text/event-stream",
+            headers={**headers, "cache-control": "no-cache"},
+        )
+
+    async def _relay(
+        self, lines: AsyncIterator[bytes], stack: AsyncExitStack, decision: RoutingDecision, expert: str
+    ) -> AsyncIterator[bytes]:
+        """Pass the expert's SSE lines through unchanged, but for the decision on the first chunk;
+        an expert that fails mid-stream ends the stream with an error event."""
+        first = True
+        done = False
+        try:
+            async for line in lines:
+                if line == DONE_LINE:
+                    done = True
+                elif first and line.startswith(b"data: {"):
+                    chunk = orjson.loads(line[6:])
+                    chunk["expertmesh"] = decision.to_dict()
+                    line = b"data: " + orjson.dumps(chunk)
+                    first = False
+                yield line + (b"\n\n" if line.startswith(b"data:") else b"\n")
+            if not done:
+                raise ExpertUnavailable(expert, "the stream ended before [DONE]")
+        except ExpertError as exc:
+            log.warning("%s (mid-stream)", exc)
+            yield _sse_error(from_expert_error(exc))
+        finally:
+            await stack.aclose()

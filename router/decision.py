@@ -1,0 +1,24 @@
+"""The result type of a routing decision."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+RoutedBy = Literal["router", "fallback", "explicit"]
+
+
+@dataclass(frozen=True)
+class RoutingDecision:
+    """Which expert answers a request, and why."""
+
+    expert: str
+    routed_by: RoutedBy
+    domain: str | None = None  # the router's top domain (None when the model was explicit)
+    confidence: float | None = None  # probability of the top domain
+    scores: dict[str, float] = field(default_factory=dict)  # probability per domain
+    router: str | None = None  # the router kind that decided
+    latency_ms: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,67 @@
+"""Router v1: MiniLM sentence embeddings and a multinomial logistic regression.
+
+The trained regression is stored as plain arrays (no pickle) and applied with numpy:
+a softmax over `embedding @ coef.T + intercept`, exactly sklearn's predict_proba.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from router.classifier import MANIFEST, ArtifactError, read_manifest
+from router.encoder import TextEncoder
+
+WEIGHTS = "linear.npz"
+LABELS = "labels.json"
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+class EmbeddingLinearClassifier:
+    kind = "embed-linear"
+
+    def __init__(
+        self, encoder: TextEncoder, labels: list[str], coef: np.ndarray, intercept: np.ndarray
+    ) -> None:
+        if coef.shape != (len(labels), encoder.dimension) or intercept.shape != (len(labels),):
+            raise ArtifactError(
+                f"weights of shape {coef.shape} / {intercept.shape} do not match "
+                f"{len(labels)} labels and a {encoder.dimension}-d encoder"
+            )
+        self.encoder = encoder
+        self.labels = list(labels)
+        self._coef_t = np.ascontiguousarray(coef.T, dtype=np.float32)
+        self._intercept = intercept.astype(np.float32)
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        return self.proba_from_embeddings(self.encoder.encode(texts))
+
+    def proba_from_embeddings(self, embeddings: np.ndarray) -> np.ndarray:
+        return softmax(embeddings @ self._coef_t + self._intercept)
+
+    def save(self, folder: Path, manifest: dict) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        np.savez(folder / WEIGHTS, coef=self._coef_t.T, intercept=self._intercept)
+        (folder / LABELS).write_text(json.dumps(self.labels))
+        manifest = {**manifest, "kind": self.kind, "encoder_max_length": self.encoder.max_length}
+        (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
+
+    @classmethod
+    def load(cls, folder: Path, encoder: TextEncoder | None = None) -> EmbeddingLinearClassifier:
+        manifest = read_manifest(folder)
+        try:
+            labels = json.loads((folder / LABELS).read_text())
+            with np.load(folder / WEIGHTS) as weights:
+                coef, intercept = weights["coef"], weights["intercept"]
+        except (OSError, KeyError, ValueError) as exc:
+            raise ArtifactError(f"router artifact {folder} is incomplete or corrupt: {exc}") from exc
+        encoder = encoder or TextEncoder(max_length=manifest.get("encoder_max_length", 128))
+        return cls(encoder, labels, coef, intercept)

@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+import uvicorn
+
+from expertmesh.config import Config
+from experts.pool import ExpertPool
+from gateway.app import build_app
+from router.policy import RoutingPolicy
+from tests.fake_expert import build_fake_app
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+DOMAINS = ["medical", "legal", "finance", "code", "math", "science", "general"]
+REPO = Path(__file__).resolve().parent.parent
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    # "No tests ran" (exit 5) must fail CI loudly instead of being mistaken for success.
+    if exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def serve_in_thread(app) -> Iterator[str]:
+    """Serve an ASGI app with uvicorn on 127.0.0.1 in a thread; yields its base URL."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("test server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+class KeywordClassifier:
+    """A deterministic stand-in for the trained router in gateway unit tests."""
+
+    kind = "keyword"
+    labels = DOMAINS
+    KEYWORDS = {"medical": "symptom", "legal": "contract", "finance": "tax", "code": "python", "math": "integral"}
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        rows = []
+        for text in texts:
+            hits = [d for d, word in self.KEYWORDS.items() if word in text.lower()]
+            row = np.full(len(self.labels), 0.02 if hits else 0.7 / 6)
+            row[self.labels.index(hits[0] if hits else "general")] = 0.88 if hits else 0.30
+            rows.append(row)
+        return np.array(rows)
+
+
+def fake_config(fake_base_url: str, **gateway: object) -> Config:
+    experts = [
+        {"name": name, "domains": domains, "backend": f"{fake_base_url}/v1", "model": f"{name}-model",
+         "system_prompt": f"You are the {name} expert.", "user_template": f"[{name}] {{query}}", "timeout_s": 2}
+        for name, domains in [("medical", ["medical"]), ("legal", ["legal"]), ("finance", ["finance"]),
+                              ("code", ["code"]), ("math", ["math"]), ("general", ["general", "science"])]
+    ]  # fmt: skip
+    return Config.model_validate(
+        {"experts": experts, "router": {"artifact": "/nonexistent", "confidence_threshold": 0.5}, "gateway": gateway}
+    )
+
+
+@pytest.fixture(scope="session")
+def fake_expert() -> Iterator[tuple[str, object]]:
+    """A fake expert server serving every test expert's model; yields (base URL, app)."""
+    models = [f"{name}-model" for name in ("medical", "legal", "finance", "code", "math", "general")]
+    app = build_fake_app(models)
+    with serve_in_thread(app) as url:
+        yield url, app
+
+
+@contextmanager
+def running_gateway(config: Config, with_router: bool = True) -> Iterator[str]:
+    policy = RoutingPolicy(KeywordClassifier(), config) if with_router else None
+    with serve_in_thread(build_app(config, policy, ExpertPool(config))) as url:
+        yield url
+
+
+@pytest.fixture()
+def gateway_url(fake_expert) -> Iterator[str]:
+    with running_gateway(fake_config(fake_expert[0])) as url:
+        yield url
