@@ -208,7 +208,8 @@ def load_config(path: Path | str | None = None) -> Config:
     """Load and validate the configuration; None means the packaged default."""
     path = Path(path) if path is not None else default_config_path()
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        with path.open(encoding="utf-8") as handle:  # a file object: YAML errors name the file
+            raw = yaml.safe_load(handle)
     except OSError as exc:
         raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from exc
     except yaml.YAMLError as exc:

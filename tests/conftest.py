@@ -103,3 +103,17 @@ def running_gateway(config: Config, with_router: bool = True) -> Iterator[str]:
 def gateway_url(fake_expert) -> Iterator[str]:
     with running_gateway(fake_config(fake_expert[0])) as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def trained_router(tmp_path_factory) -> Path:
+    """A real embed-linear router trained through the CLI on a small sample (~1.3k texts)."""
+    from typer.testing import CliRunner
+
+    from expertmesh.cli import app
+
+    folder = tmp_path_factory.mktemp("router") / "embed-linear"
+    result = CliRunner().invoke(app, ["router", "train", "--out", str(folder), "--max-per-source", "50"])
+    assert result.exit_code == 0, result.output
+    assert "Held-out sources" in result.output and "Random split" in result.output
+    return folder

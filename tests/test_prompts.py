@@ -1,0 +1,42 @@
+"""Reformatting a request for an expert."""
+
+from __future__ import annotations
+
+from expertmesh.config import ExpertConfig
+from experts.prompts import ExpertPrompt
+
+
+def prompt(system: str = "You are a doctor.", template: str = "Question ({domain}): {query}") -> ExpertPrompt:
+    config = ExpertConfig(name="medical", domains=["medical"], backend="embedded", model="m",
+                          system_prompt=system, user_template=template)  # fmt: skip
+    return ExpertPrompt(config)
+
+
+def test_system_prompt_first_and_last_user_turn_templated():
+    messages = [
+        {"role": "user", "content": "I have a headache."},
+        {"role": "assistant", "content": "Since when?"},
+        {"role": "user", "content": "Two days {really}"},
+    ]
+    out = prompt().format(messages)
+    assert out[0] == {"role": "system", "content": "You are a doctor."}
+    assert out[1] == messages[0] and out[2] == messages[1]  # history untouched
+    assert out[3] == {"role": "user", "content": "Question (medical): Two days {really}"}  # braces kept
+
+
+def test_callers_system_messages_are_merged_into_one():
+    out = prompt().format([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}])
+    assert out[0] == {"role": "system", "content": "You are a doctor.\n\nBe brief."}
+    assert len([m for m in out if m["role"] == "system"]) == 1
+
+
+def test_no_system_prompt_and_text_parts():
+    out = prompt(system="", template="{query}").format(
+        [{"role": "user", "content": [{"type": "text", "text": "part one"}, {"type": "text", "text": "two"}]}]
+    )
+    assert out == [{"role": "user", "content": "part one\ntwo"}]
+
+
+def test_domain_from_the_router_is_used_in_the_template():
+    out = prompt().format([{"role": "user", "content": "q"}], domain="science")
+    assert out[-1]["content"] == "Question (science): q"

@@ -1,0 +1,89 @@
+"""The real MiniLM + logistic regression router: training, artifact, CLI commands."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from expertmesh.cli import app
+from expertmesh.config import load_config
+from router.classifier import ArtifactError, load_classifier
+from router.embed_linear import EmbeddingLinearClassifier
+from router.policy import RoutingPolicy
+from router.training import TrainSettings, current_fingerprint
+
+pytestmark = pytest.mark.slow
+
+
+def test_artifact_holds_model_labels_fingerprint_and_metrics(trained_router):
+    manifest = json.loads((trained_router / "manifest.json").read_text())
+    assert manifest["kind"] == "embed-linear"
+    assert manifest["labels"] == json.loads((trained_router / "labels.json").read_text())
+    settings = TrainSettings(**manifest["settings"])
+    assert settings.max_per_source == 50
+    assert manifest["data_fingerprint"] == current_fingerprint(settings)
+    metrics = json.loads((trained_router / "metrics.json").read_text())
+    for split in ("held_out_sources", "random_split"):
+        assert 0.5 < metrics[split]["macro_f1"] <= 1.0, metrics[split]
+    assert metrics["held_out_sources"]["sources"]["medical"] == "meqsum_consumer_questions"
+    assert (trained_router / "linear.npz").is_file()
+
+
+def test_reloaded_router_predicts_like_the_saved_one(trained_router):
+    first = load_classifier(trained_router)
+    second = EmbeddingLinearClassifier.load(trained_router, encoder=first.encoder)
+    texts = ["how do I treat a sprained ankle", "is a verbal contract binding"]
+    assert np.allclose(first.predict_proba(texts), second.predict_proba(texts))
+    assert np.allclose(first.predict_proba(texts).sum(axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("text", "domain"),
+    [
+        ("What is the recommended dose of ibuprofen for a child with a fever?", "medical"),
+        ("Write a Python function that reverses a linked list.", "code"),
+        ("If a train travels 120 miles in 2 hours, what is its average speed?", "math"),
+        ("Can my landlord keep my security deposit if I break the lease?", "legal"),
+    ],
+)
+def test_routes_clear_questions_to_their_domain(trained_router, text, domain):
+    policy = RoutingPolicy(load_classifier(trained_router), load_config())
+    assert policy.route(text).domain == domain
+
+
+def test_route_command_prints_a_decision(trained_router):
+    result = CliRunner().invoke(app, ["route", "What are the side effects of metformin?", "--router", str(trained_router)])
+    assert result.exit_code == 0, result.output
+    decision = json.loads(result.stdout)
+    assert decision["expert"] == "medical" and set(decision["scores"]) == set(load_config().domains)
+
+
+def test_evaluate_json_on_a_file_and_a_folder(trained_router, tmp_path):
+    rows = [{"text": "my chest hurts when I breathe", "domain": "medical"},
+            {"text": "how do I sort a dict by value in python", "domain": "code"},
+            {"text": "solve 3x + 5 = 20", "domain": "math"}]  # fmt: skip
+    (tmp_path / "a.jsonl").write_text("\n".join(json.dumps(r) for r in rows[:2]) + "\n")
+    with gzip.open(tmp_path / "b.jsonl.gz", "wt") as handle:
+        handle.write(json.dumps(rows[2]) + "\n")
+    for data, n in ((tmp_path / "a.jsonl", 2), (tmp_path, 3)):
+        result = CliRunner().invoke(app, ["router", "evaluate", "--data", str(data), "--router", str(trained_router), "--json"])
+        assert result.exit_code == 0, result.output
+        metrics = json.loads(result.output.strip().splitlines()[-1])
+        assert metrics["n"] == n and {"accuracy", "macro_f1", "per_domain"} <= set(metrics)
+        assert set(metrics["per_domain"]["medical"]) == {"precision", "recall", "f1", "support"}
+        assert "confusion matrix" in result.output
+
+
+def test_evaluate_refuses_unknown_labels_and_missing_artifacts(trained_router, tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps({"text": "x", "domain": "medicine"}) + "\n")
+    result = CliRunner().invoke(app, ["router", "evaluate", "--data", str(path), "--router", str(trained_router)])
+    assert result.exit_code == 2 and "unknown domain label 'medicine'" in result.output
+    result = CliRunner().invoke(app, ["router", "evaluate", "--data", str(path), "--router", str(tmp_path)])
+    assert result.exit_code == 2 and "expertmesh router train" in result.output
+    with pytest.raises(ArtifactError):
+        load_classifier(tmp_path)

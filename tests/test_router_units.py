@@ -1,0 +1,112 @@
+"""Router pieces that need no model: data handling, metrics, the routing policy."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pytest
+
+from expertmesh.config import load_config
+from router.data import (
+    DataError,
+    Example,
+    cap_per_source,
+    fingerprint,
+    read_examples,
+    split_held_out_sources,
+    vendored_data_dir,
+)
+from router.metrics import classification_metrics
+from router.policy import RoutingPolicy
+from tests.conftest import KeywordClassifier
+
+
+def test_vendored_data_covers_every_domain_with_sources():
+    examples = read_examples(vendored_data_dir())
+    domains = {e.domain for e in examples}
+    assert domains == {"medical", "legal", "finance", "code", "math", "science", "general"}
+    assert all(e.source for e in examples)
+    assert len({(e.domain, e.source) for e in examples}) == 27
+
+
+def test_cap_per_source_is_seeded_and_caps_each_source():
+    examples = [Example(f"t{i}", "medical", "big") for i in range(100)] + [Example("x", "legal", "small")]
+    capped = cap_per_source(examples, 10, seed=1)
+    assert sum(e.source == "big" for e in capped) == 10 and sum(e.source == "small" for e in capped) == 1
+    assert capped == cap_per_source(examples, 10, seed=1)
+    assert capped != cap_per_source(examples, 10, seed=2)
+
+
+def test_held_out_split_holds_out_whole_sources():
+    examples = [Example("a", "medical", "meqsum_consumer_questions"), Example("b", "medical", "medquad"),
+                Example("c", "math", "svamp"), Example("d", "math", "gsm8k_train")]  # fmt: skip
+    train, test = split_held_out_sources(examples)
+    assert train == [1, 3] and test == [0, 2]
+
+
+def test_read_examples_reads_files_folders_and_gzip(tmp_path):
+    (tmp_path / "a.jsonl").write_text(json.dumps({"text": "x", "domain": "math"}) + "\n\n")
+    with gzip.open(tmp_path / "b.jsonl.gz", "wt") as handle:
+        handle.write(json.dumps({"text": "y", "domain": "legal", "source": "s"}) + "\n")
+    assert [e.domain for e in read_examples(tmp_path)] == ["math", "legal"]
+    assert read_examples(tmp_path / "a.jsonl")[0] == Example("x", "math", "")
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('{"text": "x", "domain": "astrology"}', "bad.jsonl:2: unknown domain label 'astrology'"),
+        ("{not json", "bad.jsonl:2: not valid JSON"),
+        ('{"text": "x"}', 'bad.jsonl:2: expected an object with string fields "text" and "domain"'),
+    ],
+)
+def test_bad_lines_are_errors_that_name_file_line_and_label(tmp_path, line, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps({"text": "ok", "domain": "math"}) + "\n" + line + "\n")
+    with pytest.raises(DataError, match=message.replace("(", r"\(")):
+        read_examples(path, ["math", "legal"])
+
+
+def test_missing_data_is_an_error(tmp_path):
+    with pytest.raises(DataError, match="no such file"):
+        read_examples(tmp_path / "nope.jsonl")
+    with pytest.raises(DataError, match="no .jsonl"):
+        read_examples(tmp_path)
+
+
+def test_fingerprint_changes_with_data_and_parameters(tmp_path):
+    path = tmp_path / "a.jsonl"
+    path.write_text("one")
+    first = fingerprint([path], seed=0)
+    assert first == fingerprint([path], seed=0) != fingerprint([path], seed=1)
+    path.write_text("two")
+    assert fingerprint([path], seed=0) != first
+
+
+def test_metrics_macro_f1_averages_domains_present():
+    metrics = classification_metrics(["a", "a", "b", "b"], ["a", "b", "b", "b"], ["a", "b", "c"])
+    assert metrics["accuracy"] == 0.75 and metrics["n"] == 4
+    assert metrics["per_domain"]["a"] == {"precision": 1.0, "recall": 0.5, "f1": 0.6667, "support": 2}
+    assert metrics["per_domain"]["c"]["support"] == 0
+    assert metrics["macro_f1"] == pytest.approx((0.6667 + 0.8) / 2, abs=1e-4)
+    assert metrics["confusion"]["matrix"] == [[1, 1, 0], [0, 2, 0], [0, 0, 0]]
+
+
+def test_policy_maps_domains_to_experts_and_falls_back_below_threshold():
+    config = load_config()
+    policy = RoutingPolicy(KeywordClassifier(), config)
+    decision = policy.route("symptom of flu")
+    assert (decision.expert, decision.domain, decision.routed_by) == ("medical", "medical", "router")
+    assert decision.confidence == pytest.approx(0.88) and sum(decision.scores.values()) == pytest.approx(1.0)
+    assert decision.latency_ms >= 0
+    unsure = policy.route("hello there")  # general at 0.30 < 0.35
+    assert (unsure.expert, unsure.routed_by, unsure.domain) == ("general", "fallback", "general")
+
+
+def test_policy_refuses_an_artifact_with_unknown_domains():
+    class Odd(KeywordClassifier):
+        labels = [*KeywordClassifier.labels, "astrology"]
+
+    with pytest.raises(ValueError, match="astrology"):
+        RoutingPolicy(Odd(), load_config())
