@@ -27,7 +27,7 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug l
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    for noisy in ("httpx", "httpcore", "sentence_transformers", "transformers"):
+    for noisy in ("httpx", "httpx2", "httpcore", "sentence_transformers", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # Model loading progress bars add noise, not information, to our own progress display.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

@@ -117,3 +117,12 @@ def trained_router(tmp_path_factory) -> Path:
     assert result.exit_code == 0, result.output
     assert "Held-out sources" in result.output and "Random split" in result.output
     return folder
+
+
+@pytest.fixture(scope="session")
+def embedded_model():
+    """The real SmolLM2-135M-Instruct (converted once into the user's model cache)."""
+    from expertmesh.config import EmbeddedConfig
+    from experts.embedded.model import EmbeddedChatModel, prepare_model
+
+    return EmbeddedChatModel(prepare_model(EmbeddedConfig().cache_dir))

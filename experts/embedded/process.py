@@ -47,7 +47,7 @@ class EmbeddedServerProcess:
     def start(self) -> str:
         log.info("starting the embedded expert server on %s", self.base_url)
         # Its own process group, so that stopping it also stops anything it spawned.
-        self._process = subprocess.Popen(self.command(), start_new_session=True)
+        self._process = subprocess.Popen(self.command(), start_new_session=True, preexec_fn=_die_with_parent)
         self._wait_ready()
         return self.base_url
 
@@ -92,3 +92,13 @@ class EmbeddedServerProcess:
     def __exit__(self, *exc_info) -> None:
         self.stop()
 
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: ask Linux to SIGTERM it if its parent dies, even by SIGKILL."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except OSError:
+        pass  # not Linux: the normal shutdown path still stops the child

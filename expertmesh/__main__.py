@@ -1,0 +1,3 @@
+from expertmesh.cli import main
+
+main()

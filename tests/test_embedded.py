@@ -1,0 +1,80 @@
+"""The embedded SmolLM2 backend and its OpenAI-compatible server."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from experts.embedded.model import SERVED_MODEL_NAME, StopBuffer
+from experts.embedded.server import EmbeddedServer, build_embedded_app
+from tests.conftest import serve_in_thread
+
+
+def test_stop_buffer_finds_stops_split_across_deltas():
+    buffer = StopBuffer(["END"])
+    out = [buffer.feed(d) for d in ["hello E", "N", "D more"]]
+    assert "".join(out) + buffer.flush() == "hello "
+    assert buffer.stopped
+
+
+def test_stop_buffer_releases_everything_without_a_stop():
+    buffer = StopBuffer(["###"])
+    text = "".join(buffer.feed(d) for d in ["a#", "b#", "c"]) + buffer.flush()
+    assert text == "a#b#c" and not buffer.stopped
+    assert "".join(StopBuffer([]).feed(d) for d in ["x", "y"]) == "xy"
+
+
+@pytest.fixture(scope="module")
+def embedded_url(embedded_model):
+    with serve_in_thread(build_embedded_app(EmbeddedServer(embedded_model, [SERVED_MODEL_NAME], 512))) as url:
+        yield url
+
+
+def ask(url: str, **fields) -> httpx.Response:
+    body = {"model": SERVED_MODEL_NAME, "messages": [{"role": "user", "content": "What is the capital of France?"}],
+            "temperature": 0, "max_tokens": 24, **fields}  # fmt: skip
+    return httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120)
+
+
+@pytest.mark.slow
+def test_answers_a_question_with_usage(embedded_url):
+    body = ask(embedded_url).json()
+    assert "Paris" in body["choices"][0]["message"]["content"]
+    usage = body["usage"]
+    assert usage["prompt_tokens"] > 5 and 0 < usage["completion_tokens"] <= 24
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    assert body["model"] == SERVED_MODEL_NAME and body["object"] == "chat.completion"
+
+
+@pytest.mark.slow
+def test_stream_matches_the_greedy_answer_and_ends_with_done(embedded_url):
+    expected = ask(embedded_url).json()["choices"][0]["message"]["content"]
+    with httpx.stream("POST", f"{embedded_url}/v1/chat/completions", timeout=120, json={
+        "model": SERVED_MODEL_NAME, "messages": [{"role": "user", "content": "What is the capital of France?"}],
+        "temperature": 0, "max_tokens": 24, "stream": True, "stream_options": {"include_usage": True}}) as response:  # fmt: skip
+        events = [line for line in response.iter_lines() if line]
+    assert events[-1] == "data: [DONE]"
+    chunks = [json.loads(e[6:]) for e in events[:-1]]
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    assert text == expected
+    assert chunks[-1]["usage"]["completion_tokens"] > 0
+    assert chunks[-2]["choices"][0]["finish_reason"] in ("stop", "length")
+
+
+@pytest.mark.slow
+def test_max_tokens_and_stop(embedded_url):
+    short = ask(embedded_url, max_tokens=3).json()
+    assert short["choices"][0]["finish_reason"] == "length" and short["usage"]["completion_tokens"] == 3
+    stopped = ask(embedded_url, stop=["Paris"]).json()
+    assert "Paris" not in stopped["choices"][0]["message"]["content"]
+    assert stopped["choices"][0]["finish_reason"] == "stop"
+
+
+@pytest.mark.slow
+def test_refuses_what_it_cannot_do(embedded_url):
+    assert ask(embedded_url, model="gpt-17").status_code == 404
+    assert ask(embedded_url, logprobs=True).status_code == 400
+    assert ask(embedded_url, n=2).status_code == 400
+    assert httpx.get(f"{embedded_url}/v1/models").json()["data"][0]["id"] == SERVED_MODEL_NAME

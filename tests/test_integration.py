@@ -1,0 +1,160 @@
+"""End to end on 127.0.0.1: `expertmesh serve` with the real router and the real embedded model."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from expertmesh.config import default_config_path, load_config
+from experts.pool import ExpertPool
+from gateway.app import build_app
+from router.classifier import load_classifier
+from router.policy import RoutingPolicy
+from tests.conftest import free_port, serve_in_thread
+
+pytestmark = pytest.mark.slow
+MEDICAL_QUESTION = "What are the common symptoms of type 2 diabetes?"
+
+
+def wait_ready(url: str, process: subprocess.Popen, timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"server exited with {process.returncode}"
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} not ready after {timeout_s} s")
+
+
+def children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+
+@pytest.fixture(scope="module")
+def served_gateway(trained_router, tmp_path_factory):
+    """`expertmesh serve` on the default config, with the test-trained router artifact."""
+    config = yaml.safe_load(default_config_path().read_text())
+    config["router"]["artifact"] = str(trained_router)
+    port = free_port()
+    config["gateway"]["port"] = port
+    path = tmp_path_factory.mktemp("serve") / "expertmesh.yaml"
+    path.write_text(yaml.safe_dump(config))
+    process = subprocess.Popen([sys.executable, "-m", "expertmesh", "serve", "--config", str(path)])
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(f"{url}/readyz", process)
+        yield url, process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            process.wait(30)
+
+
+def test_medical_question_is_answered_by_the_medical_expert(served_gateway):
+    url, _ = served_gateway
+    response = httpx.post(f"{url}/v1/chat/completions", timeout=120, json={
+        "model": "auto", "messages": [{"role": "user", "content": MEDICAL_QUESTION}],
+        "temperature": 0, "max_tokens": 48})  # fmt: skip
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["expertmesh"]["expert"] == "medical" and response.headers["x-expertmesh-expert"] == "medical"
+    answer = body["choices"][0]["message"]["content"].lower()
+    assert any(word in answer for word in ("thirst", "urination", "blood sugar", "glucose", "fatigue")), answer
+    assert body["usage"]["completion_tokens"] > 0 and body["model"] == "smollm2-135m-instruct"
+
+
+def test_streaming_through_the_real_model(served_gateway):
+    url, _ = served_gateway
+    payload = {"model": "auto", "stream": True, "max_tokens": 16, "temperature": 0,
+               "messages": [{"role": "user", "content": "Write a Python function that adds two numbers."}]}  # fmt: skip
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json=payload, timeout=120) as response:
+        assert response.status_code == 200 and response.headers["x-expertmesh-expert"] == "code"
+        events = [line for line in response.iter_lines() if line]
+    assert events[-1] == "data: [DONE]"
+    text = "".join(json.loads(e[6:])["choices"][0]["delta"].get("content", "") for e in events[:-1])
+    assert len(text) > 10
+
+
+def test_sigterm_stops_the_gateway_and_its_embedded_server(served_gateway):
+    url, process = served_gateway
+    embedded = children(process.pid)
+    assert embedded, "the embedded expert server should be a child of `expertmesh serve`"
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(30) == 0
+    time.sleep(0.5)
+    assert not any(alive(pid) for pid in embedded), "orphaned embedded server"
+
+
+@pytest.fixture()
+def killable_expert(tmp_path):
+    """A real embedded server in its own process, and a gateway in front of it."""
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "experts.embedded", "--port", str(port)])
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/health", process)
+        base = yaml.safe_load(default_config_path().read_text())
+        for expert in base["experts"]:
+            expert["backend"] = f"http://127.0.0.1:{port}/v1"
+        path = tmp_path / "expertmesh.yaml"
+        path.write_text(yaml.safe_dump(base))
+        yield process, load_config(path)
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_an_expert_that_dies_mid_request_gives_502_and_the_gateway_keeps_serving(killable_expert, trained_router):
+    process, config = killable_expert
+    policy = RoutingPolicy(load_classifier(trained_router), config)
+    with serve_in_thread(build_app(config, policy, ExpertPool(config))) as url:
+        question = {"role": "user", "content": "Write a long essay about the history of medicine."}
+        threading.Timer(2.0, process.kill).start()  # dies while it generates
+        started = time.monotonic()
+        response = httpx.post(f"{url}/v1/chat/completions", timeout=60,
+                              json={"model": "general", "messages": [question], "max_tokens": 400})  # fmt: skip
+        assert response.status_code == 502, response.text
+        assert "expert 'general'" in response.json()["error"]["message"]
+        assert time.monotonic() - started < 30
+        # Still serving: routing works, other calls answer with clear errors, not hangs.
+        assert httpx.post(f"{url}/v1/route", json={"text": MEDICAL_QUESTION}).json()["expert"] == "medical"
+        again = httpx.post(f"{url}/v1/chat/completions", json={"model": "auto", "messages": [question]}, timeout=30)
+        assert again.status_code == 502
+        assert httpx.get(f"{url}/readyz").status_code == 503
+
+
+def test_an_expert_that_dies_mid_stream_ends_the_stream_with_an_error(killable_expert):
+    process, config = killable_expert
+    with serve_in_thread(build_app(config, None, ExpertPool(config))) as url:
+        payload = {"model": "legal", "stream": True, "max_tokens": 400,
+                   "messages": [{"role": "user", "content": "Explain contract law in detail."}]}  # fmt: skip
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json=payload, timeout=60) as response:
+            assert response.status_code == 200
+            lines = response.iter_lines()
+            first = next(line for line in lines if line)
+            assert json.loads(first[6:])["expertmesh"]["expert"] == "legal"
+            process.kill()
+            rest = [line for line in lines if line]
+    error = json.loads(rest[-2][6:])["error"]
+    assert "expert 'legal'" in error["message"] and rest[-1] == "data: [DONE]"
