@@ -13,6 +13,10 @@ log = logging.getLogger(__name__)
 
 ENCODER_NAME = "all-MiniLM-L6-v2"
 DEFAULT_MAX_LENGTH = 128  # tokens; longer inputs are truncated (domain cues come early)
+# Forward passes over at most this many texts of similar length: on CPU, padding a short
+# text to the longest one in a large batch costs more than the batching saves (measured:
+# 57 texts/s with batches of 64, 205 with 8, on a 2-core machine).
+FORWARD_BATCH = 8
 
 
 def minilm_path() -> str:
@@ -62,7 +66,7 @@ class TextEncoder:
                 chunks.append(
                     self._model.encode(
                         batch,
-                        batch_size=batch_size,
+                        batch_size=FORWARD_BATCH,
                         normalize_embeddings=True,
                         convert_to_numpy=True,
                         show_progress_bar=False,
