@@ -122,7 +122,7 @@ def trained_router(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def embedded_model():
     """The real SmolLM2-135M-Instruct (converted once into the user's model cache)."""
-    from expertmesh.config import EmbeddedConfig
+    from expertmesh.config import load_config
     from experts.embedded.model import EmbeddedChatModel, prepare_model
 
-    return EmbeddedChatModel(prepare_model(EmbeddedConfig().cache_dir))
+    return EmbeddedChatModel(prepare_model(load_config().embedded.cache_dir))

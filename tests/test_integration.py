@@ -111,7 +111,8 @@ def test_sigterm_stops_the_gateway_and_its_embedded_server(served_gateway):
 def killable_expert(tmp_path):
     """A real embedded server in its own process, and a gateway in front of it."""
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "experts.embedded", "--port", str(port)])
+    cache_dir = str(load_config().embedded.cache_dir)
+    process = subprocess.Popen([sys.executable, "-m", "experts.embedded", "--port", str(port), "--cache-dir", cache_dir])
     try:
         wait_ready(f"http://127.0.0.1:{port}/health", process)
         base = yaml.safe_load(default_config_path().read_text())
