@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from expertmesh.cli_common import ConfigOption, load_or_exit, stderr
+from expertmesh.cli_common import ConfigOption, fail, load_or_exit, stderr
 from expertmesh.cli_experts import experts_app
 from expertmesh.cli_router import router_app
 
@@ -44,11 +44,15 @@ def serve(
 
     If the router artifact does not exist yet, the default router is trained first.
     """
-    from gateway.server import run_gateway
     from expertmesh.routers import load_or_train_policy
+    from gateway.server import run_gateway
+    from router.classifier import ArtifactError
 
     cfg = load_or_exit(config)
-    policy = load_or_train_policy(cfg, stderr)
+    try:
+        policy = load_or_train_policy(cfg, stderr)
+    except (ArtifactError, ValueError) as exc:
+        fail(str(exc))
     run_gateway(cfg, policy, host=host or cfg.gateway.host, port=port if port is not None else cfg.gateway.port)
 
 
@@ -60,9 +64,14 @@ def route(
 ) -> None:
     """Print the routing decision for one text, as JSON."""
     from expertmesh.routers import load_policy
+    from router.classifier import ArtifactError
 
     cfg = load_or_exit(config)
-    decision = load_policy(cfg, router).route(text)
+    try:
+        policy = load_policy(cfg, router)
+    except (ArtifactError, ValueError) as exc:
+        fail(str(exc))
+    decision = policy.route(text)
     typer.echo(json.dumps(decision.to_dict(), indent=2))
 
 

@@ -88,3 +88,13 @@ def test_cli_reports_config_errors_without_a_traceback(tmp_path):
     result = CliRunner().invoke(app, ["route", "hello", "--config", str(path)])
     assert result.exit_code == 2
     assert "router.fallback_expert" in result.output and "Traceback" not in result.output
+
+
+def test_cli_reports_a_missing_router_artifact(tmp_path):
+    from typer.testing import CliRunner
+
+    from expertmesh.cli import app
+
+    result = CliRunner().invoke(app, ["route", "hello", "--router", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "expertmesh router train" in result.output and "Traceback" not in result.output
