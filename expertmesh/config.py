@@ -84,12 +84,24 @@ class ExpertConfig(_Strict):
         return self.backend == "embedded"
 
 
+class MultiTurnConfig(_Strict):
+    """How earlier user turns of a conversation weigh on the routing of the last one."""
+
+    history_turns: int = Field(default=3, ge=0)  # earlier user turns read; 0: last turn only
+    # The last turn alone switches the conversation to another domain only at or above this
+    # confidence; otherwise the conversation keeps its domain.
+    switch_confidence: float = Field(default=0.8, ge=0, le=1)
+    # When it does not switch: the weight of the history in the mixed probabilities.
+    history_weight: float = Field(default=0.6, ge=0, le=1)
+
+
 class RouterConfig(_Strict):
     kind: Literal["embed-linear"] = "embed-linear"
     artifact: Path = Path("~/.cache/expertmesh/routers/embed-linear")
     # Below this probability for the top domain, the request goes to fallback_expert.
     confidence_threshold: float = Field(default=0.35, ge=0, le=1)
     fallback_expert: str = "general"
+    multi_turn: MultiTurnConfig = MultiTurnConfig()
 
     @field_validator("artifact")
     @classmethod

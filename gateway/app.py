@@ -21,7 +21,6 @@ from gateway.limits import BodySizeLimit
 from gateway.protocol import ChatCompletionRequest, RouteRequest
 from gateway.serving import ChatService, decision_headers
 from router.policy import RoutingPolicy
-from router.text import routing_text
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +80,8 @@ def build_app(config: Config, policy: RoutingPolicy | None, experts: ExpertPool)
     async def route(request: Request, service: Service) -> Response:
         """The routing decision alone, without asking an expert."""
         body: RouteRequest = await _parse(request, RouteRequest)
-        text = body.text if body.text is not None else routing_text(m.model_dump() for m in body.messages)
-        decision = await service.route_text(text)
+        messages = [{"role": "user", "content": body.text}] if body.text is not None else [m.model_dump() for m in body.messages]
+        decision = await service.route(messages)
         return JSONResponse(decision.to_dict(), headers=decision_headers(decision))
 
     @app.get("/v1/models", dependencies=[Authenticated])

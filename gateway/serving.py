@@ -49,17 +49,18 @@ class ChatService:
     def model_ids(self) -> list[str]:
         return [AUTO_MODEL, *self.experts.names]
 
-    async def route_text(self, text: str) -> RoutingDecision:
+    async def route(self, messages: list[dict]) -> RoutingDecision:
+        """The router's decision for a conversation (its last user turn, in context)."""
         if self.policy is None:
             raise APIError(503, "no router is loaded; name an expert as the model", "server_error")
-        if not text.strip():
+        if not routing_text(messages).strip():
             return RoutingDecision(expert=self.fallback_expert, routed_by="fallback")
         # The encoder is CPU-bound: keep it off the event loop.
-        return await asyncio.to_thread(self.policy.route, text)
+        return await asyncio.to_thread(self.policy.route_messages, messages)
 
     async def decide(self, request: ChatCompletionRequest) -> RoutingDecision:
         if request.model == AUTO_MODEL:
-            return await self.route_text(routing_text(m.model_dump() for m in request.messages))
+            return await self.route([m.model_dump() for m in request.messages])
         if self.experts.get(request.model) is None:
             raise APIError(
                 404,

@@ -35,6 +35,7 @@ class Example:
     text: str
     domain: str
     source: str = ""
+    transform: str = ""  # the augmentation that produced this text ("" for an original)
 
 
 def vendored_data_dir() -> Path:
@@ -113,6 +114,46 @@ def cap_per_source(examples: list[Example], max_per_source: int, seed: int) -> l
         group = groups[key]
         sampled.extend(group if len(group) <= max_per_source else rng.sample(group, max_per_source))
     return sampled
+
+
+def balanced_sample(examples: list[Example], per_domain: int, seed: int) -> list[Example]:
+    """About per_domain examples from each domain, shared as evenly as possible among its
+    sources (a small source gives all it has; the rest is spread over the larger ones), so
+    that neither a large domain nor a large templated source dominates."""
+    by_source: dict[str, dict[str, list[Example]]] = defaultdict(lambda: defaultdict(list))
+    for example in examples:
+        by_source[example.domain][example.source].append(example)
+    rng = random.Random(seed)
+    sampled = []
+    for domain in sorted(by_source):
+        sources = by_source[domain]
+        quota = _water_fill({s: len(group) for s, group in sources.items()}, per_domain)
+        for source in sorted(sources):
+            group = sources[source]
+            sampled.extend(group if quota[source] >= len(group) else rng.sample(group, quota[source]))
+    return sampled
+
+
+def _water_fill(sizes: dict[str, int], total: int) -> dict[str, int]:
+    """Split total among sources of the given sizes: equal shares, none above its size."""
+    quota = dict.fromkeys(sizes, 0)
+    open_sources = sorted(sizes, key=lambda s: sizes[s])
+    remaining = total
+    while open_sources and remaining > 0:
+        share = remaining // len(open_sources)
+        smallest = open_sources[0]
+        if sizes[smallest] - quota[smallest] <= share:
+            remaining -= sizes[smallest] - quota[smallest]
+            quota[smallest] = sizes[smallest]
+            open_sources.pop(0)
+            continue
+        for source in open_sources:
+            quota[source] += share
+        remaining -= share * len(open_sources)
+        for source in open_sources[:remaining]:
+            quota[source] += 1
+        remaining = 0
+    return quota
 
 
 def split_held_out_sources(

@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 RoutedBy = Literal["router", "fallback", "explicit"]
+# For a multi-turn conversation: did the last turn keep the conversation's domain or switch it?
+Conversation = Literal["kept", "switched"]
 
 
 @dataclass(frozen=True)
@@ -19,6 +21,7 @@ class RoutingDecision:
     scores: dict[str, float] = field(default_factory=dict)  # probability per domain
     router: str | None = None  # the router kind that decided
     latency_ms: float = 0.0
+    conversation: Conversation | None = None  # None: a single user turn was routed
 
     def to_dict(self) -> dict:
         return asdict(self)

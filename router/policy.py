@@ -1,19 +1,21 @@
-"""From domain probabilities to an expert: the mapping, the threshold and the fallback."""
+"""From domain probabilities to an expert: conversations, the mapping, the threshold, the fallback."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from expertmesh.config import Config
 from router.classifier import DomainClassifier
-from router.decision import RoutingDecision
+from router.decision import Conversation, RoutingDecision
+from router.text import user_turns
 
 
 class RoutingPolicy:
-    """Routes texts with a classifier and the configuration's domain -> expert map."""
+    """Routes texts and conversations with a classifier and the configured domain -> expert map."""
 
     def __init__(self, classifier: DomainClassifier, config: Config) -> None:
         unknown = sorted(set(classifier.labels) - set(config.domains))
@@ -26,6 +28,7 @@ class RoutingPolicy:
         self.expert_for_domain = config.expert_for_domain()
         self.threshold = config.router.confidence_threshold
         self.fallback_expert = config.router.fallback_expert
+        self.multi_turn = config.router.multi_turn
 
     def route(self, text: str) -> RoutingDecision:
         return self.route_batch([text])[0]
@@ -36,7 +39,33 @@ class RoutingPolicy:
         latency_ms = (time.perf_counter() - start) * 1000 / max(len(texts), 1)
         return [self._decide(row, latency_ms) for row in probabilities]
 
-    def _decide(self, probabilities: np.ndarray, latency_ms: float) -> RoutingDecision:
+    def route_messages(self, messages: Iterable[Mapping[str, Any]]) -> RoutingDecision:
+        """Route a conversation: the last user turn, read in the light of the earlier ones.
+
+        A follow-up such as "and what about for children?" keeps the conversation's domain;
+        only a last turn that is confidently about another domain switches it.
+        """
+        turns = user_turns(messages)
+        history = turns[-1 - self.multi_turn.history_turns : -1] if self.multi_turn.history_turns else []
+        if not history:
+            return self.route(turns[-1] if turns else "")
+        start = time.perf_counter()
+        last, context = self.classifier.predict_proba([turns[-1], "\n".join(history)])
+        probabilities, conversation = self._combine(last, context)
+        latency_ms = (time.perf_counter() - start) * 1000
+        return self._decide(probabilities, latency_ms, conversation)
+
+    def _combine(self, last: np.ndarray, context: np.ndarray) -> tuple[np.ndarray, Conversation]:
+        switches = int(np.argmax(last)) != int(np.argmax(context))
+        if switches and float(np.max(last)) >= self.multi_turn.switch_confidence:
+            return last, "switched"
+        weight = self.multi_turn.history_weight
+        mixed = weight * context + (1 - weight) * last
+        return mixed, "kept" if int(np.argmax(mixed)) == int(np.argmax(context)) else "switched"
+
+    def _decide(
+        self, probabilities: np.ndarray, latency_ms: float, conversation: Conversation | None = None
+    ) -> RoutingDecision:
         labels = self.classifier.labels
         top = int(np.argmax(probabilities))
         confidence = float(probabilities[top])
@@ -49,4 +78,5 @@ class RoutingPolicy:
             scores={label: round(float(p), 4) for label, p in zip(labels, probabilities)},
             router=self.classifier.kind,
             latency_ms=round(latency_ms, 3),
+            conversation=conversation,
         )

@@ -17,9 +17,12 @@ def message_text(content: Any) -> str:
     )
 
 
+def user_turns(messages: Iterable[Mapping[str, Any]]) -> list[str]:
+    """The text of every user turn, in order (what the router reads of a conversation)."""
+    return [message_text(m.get("content")) for m in messages if m.get("role") == "user"]
+
+
 def routing_text(messages: Iterable[Mapping[str, Any]]) -> str:
     """The last user turn: the question the expert has to answer."""
-    for message in reversed(list(messages)):
-        if message.get("role") == "user":
-            return message_text(message.get("content"))
-    return ""
+    turns = user_turns(messages)
+    return turns[-1] if turns else ""

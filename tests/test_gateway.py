@@ -175,3 +175,12 @@ def test_auto_without_a_router_is_503_but_named_experts_work(fake_expert):
     with running_gateway(fake_config(fake_expert[0]), with_router=False) as url:
         assert chat(url, {"model": "auto", "messages": user("hi")}).status_code == 503
         assert chat(url, {"model": "general", "messages": user("hi")}).status_code == 200
+
+
+def test_follow_up_in_a_conversation_stays_with_its_expert(gateway_url):
+    messages = [{"role": "user", "content": "what does this symptom mean?"},
+                {"role": "assistant", "content": "It may be a rash."},
+                {"role": "user", "content": "and what about the dose for children?"}]  # fmt: skip
+    body = chat(gateway_url, {"model": "auto", "messages": messages}).json()
+    assert body["expertmesh"]["expert"] == "medical" and body["expertmesh"]["conversation"] == "kept"
+    assert httpx.post(f"{gateway_url}/v1/route", json={"messages": messages}).json()["expert"] == "medical"

@@ -110,3 +110,41 @@ def test_policy_refuses_an_artifact_with_unknown_domains():
 
     with pytest.raises(ValueError, match="astrology"):
         RoutingPolicy(Odd(), load_config())
+
+
+def conversation(*user_texts: str) -> list[dict]:
+    messages: list[dict] = [{"role": "system", "content": "Be brief."}]
+    for text in user_texts:
+        messages += [{"role": "user", "content": text}, {"role": "assistant", "content": "ok"}]
+    return messages[:-1]
+
+
+def test_follow_up_turn_keeps_the_conversations_domain():
+    policy = RoutingPolicy(KeywordClassifier(), load_config())
+    decision = policy.route_messages(conversation("what is this symptom on my arm?", "and for children?"))
+    assert (decision.domain, decision.expert, decision.conversation) == ("medical", "medical", "kept")
+    assert policy.route("and for children?").domain == "general"  # alone it would not be medical
+
+
+def test_a_confident_new_domain_switches_the_conversation():
+    policy = RoutingPolicy(KeywordClassifier(), load_config())
+    decision = policy.route_messages(conversation("a symptom question", "now write python code to parse a csv"))
+    assert (decision.domain, decision.conversation) == ("code", "switched")
+
+
+def test_an_unsure_new_domain_does_not_switch(monkeypatch):
+    config = load_config()
+    multi_turn = config.router.multi_turn.model_copy(update={"switch_confidence": 0.95})
+    config = config.model_copy(update={"router": config.router.model_copy(update={"multi_turn": multi_turn})})
+    decision = RoutingPolicy(KeywordClassifier(), config).route_messages(conversation("a symptom", "python?"))
+    assert (decision.domain, decision.conversation) == ("medical", "kept")
+
+
+def test_single_turns_and_disabled_history_route_the_last_turn_alone():
+    config = load_config()
+    single = RoutingPolicy(KeywordClassifier(), config).route_messages(conversation("python please"))
+    assert (single.domain, single.conversation) == ("code", None)
+    multi_turn = config.router.multi_turn.model_copy(update={"history_turns": 0})
+    config = config.model_copy(update={"router": config.router.model_copy(update={"multi_turn": multi_turn})})
+    decision = RoutingPolicy(KeywordClassifier(), config).route_messages(conversation("a symptom", "and for kids?"))
+    assert (decision.domain, decision.conversation) == ("general", None)
