@@ -20,12 +20,14 @@ def train(
     config: ConfigOption = None,
     out: Annotated[Path | None, typer.Option(help="Artifact folder (default: router.artifact of the config).")] = None,
     kind: Annotated[str | None, typer.Option(help="Router kind (default: router.kind of the config).")] = None,
-    max_per_source: Annotated[int, typer.Option(help="Cap on examples drawn from each source.", min=10)] = 1500,
-    seed: Annotated[int, typer.Option(help="Seed for sampling and splits.")] = 0,
+    per_domain: Annotated[int, typer.Option(help="Original examples per domain, shared among its sources.", min=10)] = 1500,
+    variants: Annotated[int, typer.Option(help="User-like variants added per example.", min=0)] = 1,
+    target_misroute: Annotated[float, typer.Option(help="Misroute rate the confidence threshold is chosen for.")] = 0.05,
+    seed: Annotated[int, typer.Option(help="Seed for sampling, variants and splits.")] = 0,
 ) -> None:
-    """Train the router on the vendored data; report held-out-source and random-split metrics."""
+    """Train the router on the vendored data, calibrate it, and write its report (md, json, PNG)."""
     from eval.routing import render_metrics
-    from expertmesh.routers import TRAINERS, train_with_progress
+    from expertmesh.routers import TRAINERS, train_and_report
     from router.training import TrainSettings
 
     cfg = load_or_exit(config)
@@ -33,13 +35,24 @@ def train(
     if kind not in TRAINERS:
         fail(f"unknown router kind '{kind}'; known kinds: {sorted(TRAINERS)}")
     folder = (out or cfg.router.artifact).expanduser()
-    settings = TrainSettings(max_per_source=max_per_source, seed=seed)
-    result = train_with_progress(kind, folder, cfg.domains, settings, stderr)
+    settings = TrainSettings(per_domain=per_domain, variants_per_example=variants, seed=seed,
+                             target_misroute=target_misroute)  # fmt: skip
+    report = train_and_report(cfg, folder, settings, stderr, kind)
     console = Console()
-    held_out = result.metrics["held_out_sources"]
+    held_out = report["held_out_sources"]
     render_metrics(console, held_out, "Held-out sources (" + ", ".join(held_out["sources"].values()) + ")")
-    render_metrics(console, result.metrics["random_split"], "Random split")
-    console.print(f"Router artifact written to {folder}")
+    render_metrics(console, report["random_split"], "Random split")
+    calibration, multi_turn = report["calibration"], report["multi_turn"]
+    console.print(
+        f"Leave-one-source-out mean accuracy {report['leave_one_source_out']['mean_accuracy']:.4f}\n"
+        f"Calibration: temperature {calibration['temperature']}, ECE {calibration['ece_before']} -> "
+        f"{calibration['ece_after']}; threshold {calibration['threshold']['threshold']} "
+        f"(misroute {calibration['threshold']['misroute_rate']}, routed {calibration['threshold']['routed_share']})\n"
+        f"Multi-turn: follow-up accuracy {multi_turn['follow_up']['accuracy']:.4f}, "
+        f"switch accuracy {multi_turn['switch']['accuracy']:.4f}\n"
+        f"Slices: " + ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in report["slices"].items())
+    )
+    console.print(f"Router artifact and report (report.md, report.json, confusion.png, reliability.png) in {folder}")
 
 
 @router_app.command()

@@ -99,7 +99,8 @@ class RouterConfig(_Strict):
     kind: Literal["embed-linear"] = "embed-linear"
     artifact: Path = Path("~/.cache/expertmesh/routers/embed-linear")
     # Below this probability for the top domain, the request goes to fallback_expert.
-    confidence_threshold: float = Field(default=0.35, ge=0, le=1)
+    # Unset: the threshold that `router train` chose for its target misroute rate.
+    confidence_threshold: float | None = Field(default=None, ge=0, le=1)
     fallback_expert: str = "general"
     multi_turn: MultiTurnConfig = MultiTurnConfig()
 

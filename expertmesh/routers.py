@@ -36,6 +36,30 @@ def train_with_progress(
         )
 
 
+def train_and_report(config: Config, out: Path, settings: TrainSettings, console: Console, kind: str | None = None) -> dict:
+    """Train, then measure what the router will face (random split, leave-one-source-out,
+    robustness slices, multi-turn) and write report.json, report.md and plots into `out`."""
+    from eval import router_eval
+    from eval.router_report import write_report
+
+    result = train_with_progress(kind or config.router.kind, out, config.domains, settings, console)
+    with console.status("evaluating: random split, leave-one-source-out, slices, multi-turn"):
+        report = {
+            "summary": {"router": kind or config.router.kind, "train_examples": len(result.corpus.examples),
+                        "settings": str(settings)},  # fmt: skip
+            **result.metrics,
+            "random_split": router_eval.random_split(result.corpus, settings),
+            "leave_one_source_out": router_eval.leave_one_source_out(result.corpus, settings),
+            "slices": router_eval.robustness_slices(result.held_out_classifier, result.corpus, result.dev, settings.seed),
+            "multi_turn": router_eval.multi_turn(
+                result.held_out_classifier, result.corpus, result.dev, config.router.multi_turn, settings.seed
+            ),
+            "latency": router_eval.single_request_latency(result.classifier, result.corpus),
+        }
+    write_report(out, report, f"Router report: {out.name}")
+    return report
+
+
 def load_policy(config: Config, artifact: Path | None = None) -> RoutingPolicy:
     return RoutingPolicy(load_classifier(artifact or config.router.artifact), config)
 
@@ -46,9 +70,9 @@ def load_or_train_policy(config: Config, console: Console) -> RoutingPolicy:
         manifest = read_manifest(artifact)
     except ArtifactError:
         console.print(f"No router artifact at {artifact}: training the default router once (a few minutes).")
-        result = train_with_progress(config.router.kind, artifact, config.domains, TrainSettings(), console)
-        held_out = result.metrics["held_out_sources"]["macro_f1"]
-        random_split = result.metrics["random_split"]["macro_f1"]
+        report = train_and_report(config, artifact, TrainSettings(), console)
+        held_out = report["held_out_sources"]["macro_f1"]
+        random_split = report["random_split"]["macro_f1"]
         console.print(f"Router trained: macro-F1 {held_out:.3f} on held-out sources, {random_split:.3f} on a random split.")
     else:
         settings = TrainSettings(**manifest.get("settings", {}))

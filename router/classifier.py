@@ -19,6 +19,7 @@ MANIFEST = "manifest.json"
 class DomainClassifier(Protocol):
     kind: str
     labels: list[str]
+    threshold: float | None  # the confidence threshold chosen at training, if any
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         """One row of domain probabilities (in `labels` order) per text."""

@@ -36,6 +36,7 @@ class Example:
     domain: str
     source: str = ""
     transform: str = ""  # the augmentation that produced this text ("" for an original)
+    parent: str = ""  # for an augmentation: the original text it was made from
 
 
 def vendored_data_dir() -> Path:
@@ -100,20 +101,6 @@ def fingerprint(files: Iterable[Path], **params: object) -> str:
         digest.update(file.read_bytes())
     digest.update(json.dumps(params, sort_keys=True).encode())
     return digest.hexdigest()
-
-
-def cap_per_source(examples: list[Example], max_per_source: int, seed: int) -> list[Example]:
-    """At most max_per_source random examples from each (domain, source): templated giants
-    such as MedQuAD (43k "What is (are) X ?") must not drown the rest."""
-    groups: dict[tuple[str, str], list[Example]] = defaultdict(list)
-    for example in examples:
-        groups[(example.domain, example.source)].append(example)
-    rng = random.Random(seed)
-    sampled = []
-    for key in sorted(groups):
-        group = groups[key]
-        sampled.extend(group if len(group) <= max_per_source else rng.sample(group, max_per_source))
-    return sampled
 
 
 def balanced_sample(examples: list[Example], per_domain: int, seed: int) -> list[Example]:

@@ -1,7 +1,8 @@
 """Router v1: MiniLM sentence embeddings and a multinomial logistic regression.
 
 The trained regression is stored as plain arrays (no pickle) and applied with numpy:
-a softmax over `embedding @ coef.T + intercept`, exactly sklearn's predict_proba.
+a softmax over `(embedding @ coef.T + intercept) / temperature`: sklearn's predict_proba
+with the calibration temperature fitted on held-out sources.
 """
 
 from __future__ import annotations
@@ -29,7 +30,13 @@ class EmbeddingLinearClassifier:
     kind = "embed-linear"
 
     def __init__(
-        self, encoder: TextEncoder, labels: list[str], coef: np.ndarray, intercept: np.ndarray
+        self,
+        encoder: TextEncoder,
+        labels: list[str],
+        coef: np.ndarray,
+        intercept: np.ndarray,
+        temperature: float = 1.0,
+        threshold: float | None = None,
     ) -> None:
         if coef.shape != (len(labels), encoder.dimension) or intercept.shape != (len(labels),):
             raise ArtifactError(
@@ -40,16 +47,18 @@ class EmbeddingLinearClassifier:
         self.labels = list(labels)
         self._coef_t = np.ascontiguousarray(coef.T, dtype=np.float32)
         self._intercept = intercept.astype(np.float32)
+        self.temperature = float(temperature)
+        self.threshold = threshold  # the calibrated confidence threshold, if trained with one
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         return self.proba_from_embeddings(self.encoder.encode(texts))
 
     def proba_from_embeddings(self, embeddings: np.ndarray) -> np.ndarray:
-        return softmax(embeddings @ self._coef_t + self._intercept)
+        return softmax((embeddings @ self._coef_t + self._intercept) / self.temperature)
 
     def save(self, folder: Path, manifest: dict) -> None:
         folder.mkdir(parents=True, exist_ok=True)
-        np.savez(folder / WEIGHTS, coef=self._coef_t.T, intercept=self._intercept)
+        np.savez(folder / WEIGHTS, coef=self._coef_t.T, intercept=self._intercept, temperature=self.temperature)
         (folder / LABELS).write_text(json.dumps(self.labels))
         manifest = {**manifest, "kind": self.kind, "encoder_max_length": self.encoder.max_length}
         (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
@@ -61,7 +70,8 @@ class EmbeddingLinearClassifier:
             labels = json.loads((folder / LABELS).read_text())
             with np.load(folder / WEIGHTS) as weights:
                 coef, intercept = weights["coef"], weights["intercept"]
+                temperature = float(weights["temperature"]) if "temperature" in weights else 1.0
         except (OSError, KeyError, ValueError) as exc:
             raise ArtifactError(f"router artifact {folder} is incomplete or corrupt: {exc}") from exc
         encoder = encoder or TextEncoder(max_length=manifest.get("encoder_max_length", 128))
-        return cls(encoder, labels, coef, intercept)
+        return cls(encoder, labels, coef, intercept, temperature, manifest.get("threshold"))

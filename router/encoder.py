@@ -43,6 +43,10 @@ class TextEncoder:
         self._lock = threading.Lock()
 
     @property
+    def tokenizer(self):
+        return self._model.tokenizer
+
+    @property
     def dimension(self) -> int:
         model = self._model
         getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension

@@ -8,10 +8,13 @@ from typing import Any
 
 import numpy as np
 
-from expertmesh.config import Config
+from expertmesh.config import Config, MultiTurnConfig
 from router.classifier import DomainClassifier
 from router.decision import Conversation, RoutingDecision
 from router.text import user_turns
+
+
+DEFAULT_THRESHOLD = 0.35  # for an artifact that chose none and a config that sets none
 
 
 class RoutingPolicy:
@@ -26,7 +29,8 @@ class RoutingPolicy:
             )
         self.classifier = classifier
         self.expert_for_domain = config.expert_for_domain()
-        self.threshold = config.router.confidence_threshold
+        configured = config.router.confidence_threshold
+        self.threshold = configured if configured is not None else (classifier.threshold or DEFAULT_THRESHOLD)
         self.fallback_expert = config.router.fallback_expert
         self.multi_turn = config.router.multi_turn
 
@@ -56,12 +60,7 @@ class RoutingPolicy:
         return self._decide(probabilities, latency_ms, conversation)
 
     def _combine(self, last: np.ndarray, context: np.ndarray) -> tuple[np.ndarray, Conversation]:
-        switches = int(np.argmax(last)) != int(np.argmax(context))
-        if switches and float(np.max(last)) >= self.multi_turn.switch_confidence:
-            return last, "switched"
-        weight = self.multi_turn.history_weight
-        mixed = weight * context + (1 - weight) * last
-        return mixed, "kept" if int(np.argmax(mixed)) == int(np.argmax(context)) else "switched"
+        return combine_turns(last, context, self.multi_turn)
 
     def _decide(
         self, probabilities: np.ndarray, latency_ms: float, conversation: Conversation | None = None
@@ -80,3 +79,12 @@ class RoutingPolicy:
             latency_ms=round(latency_ms, 3),
             conversation=conversation,
         )
+
+
+def combine_turns(last: np.ndarray, context: np.ndarray, multi_turn: MultiTurnConfig) -> tuple[np.ndarray, Conversation]:
+    """Domain probabilities for the last turn of a conversation, given the earlier turns'."""
+    switches = int(np.argmax(last)) != int(np.argmax(context))
+    if switches and float(np.max(last)) >= multi_turn.switch_confidence:
+        return last, "switched"
+    mixed = multi_turn.history_weight * context + (1 - multi_turn.history_weight) * last
+    return mixed, "kept" if int(np.argmax(mixed)) == int(np.argmax(context)) else "switched"

@@ -59,6 +59,7 @@ class KeywordClassifier:
 
     kind = "keyword"
     labels = DOMAINS
+    threshold = None
     KEYWORDS = {"medical": "symptom", "legal": "contract", "finance": "tax", "code": "python", "math": "integral"}
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
@@ -113,7 +114,7 @@ def trained_router(tmp_path_factory) -> Path:
     from expertmesh.cli import app
 
     folder = tmp_path_factory.mktemp("router") / "embed-linear"
-    result = CliRunner().invoke(app, ["router", "train", "--out", str(folder), "--max-per-source", "50"])
+    result = CliRunner().invoke(app, ["router", "train", "--out", str(folder), "--per-domain", "120"])
     assert result.exit_code == 0, result.output
     assert "Held-out sources" in result.output and "Random split" in result.output
     return folder

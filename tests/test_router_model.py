@@ -24,13 +24,28 @@ def test_artifact_holds_model_labels_fingerprint_and_metrics(trained_router):
     assert manifest["kind"] == "embed-linear"
     assert manifest["labels"] == json.loads((trained_router / "labels.json").read_text())
     settings = TrainSettings(**manifest["settings"])
-    assert settings.max_per_source == 50
+    assert settings.per_domain == 120
     assert manifest["data_fingerprint"] == current_fingerprint(settings)
-    metrics = json.loads((trained_router / "metrics.json").read_text())
-    for split in ("held_out_sources", "random_split"):
-        assert 0.5 < metrics[split]["macro_f1"] <= 1.0, metrics[split]
-    assert metrics["held_out_sources"]["sources"]["medical"] == "meqsum_consumer_questions"
     assert (trained_router / "linear.npz").is_file()
+    assert manifest["temperature"] > 0 and 0 < manifest["threshold"] <= 1
+
+
+def test_report_has_every_section_and_its_plots(trained_router):
+    report = json.loads((trained_router / "report.json").read_text())
+    for split in ("held_out_sources", "random_split"):
+        assert 0.5 < report[split]["macro_f1"] <= 1.0, report[split]
+    assert report["held_out_sources"]["sources"]["medical"] == "meqsum_consumer_questions"
+    loso = report["leave_one_source_out"]
+    assert 20 <= len(loso["per_source"]) <= 27 and 0.3 < loso["mean_accuracy"] <= 1.0
+    calibration = report["calibration"]
+    assert calibration["ece_after"] <= calibration["ece_before"] + 1e-9
+    assert calibration["threshold"]["misroute_rate"] <= calibration["threshold"]["target"]
+    assert {"as written", "typos (15% of words)", "lower-case", "code pasted into the question"} <= set(report["slices"])
+    assert report["multi_turn"]["follow_up"]["n"] > 0 and 0 <= report["multi_turn"]["switch"]["accuracy"] <= 1
+    markdown = (trained_router / "report.md").read_text()
+    assert "## Leave one source out" in markdown and "![reliability](reliability.png)" in markdown
+    for image in ("confusion.png", "reliability.png"):
+        assert (trained_router / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_reloaded_router_predicts_like_the_saved_one(trained_router):

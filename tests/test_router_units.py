@@ -11,7 +11,6 @@ from expertmesh.config import load_config
 from router.data import (
     DataError,
     Example,
-    cap_per_source,
     fingerprint,
     read_examples,
     split_held_out_sources,
@@ -28,14 +27,6 @@ def test_vendored_data_covers_every_domain_with_sources():
     assert domains == {"medical", "legal", "finance", "code", "math", "science", "general"}
     assert all(e.source for e in examples)
     assert len({(e.domain, e.source) for e in examples}) == 27
-
-
-def test_cap_per_source_is_seeded_and_caps_each_source():
-    examples = [Example(f"t{i}", "medical", "big") for i in range(100)] + [Example("x", "legal", "small")]
-    capped = cap_per_source(examples, 10, seed=1)
-    assert sum(e.source == "big" for e in capped) == 10 and sum(e.source == "small" for e in capped) == 1
-    assert capped == cap_per_source(examples, 10, seed=1)
-    assert capped != cap_per_source(examples, 10, seed=2)
 
 
 def test_held_out_split_holds_out_whole_sources():

@@ -1,0 +1,151 @@
+"""How well a trained router generalises: random split, leave-one-source-out, robustness
+slices and multi-turn follow-ups. Everything reuses the training embeddings where it can."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from expertmesh.config import MultiTurnConfig
+from router.augment import add_typos, conversational, drop_punctuation, lowercase, short_query
+from router.embed_linear import EmbeddingLinearClassifier
+from router.metrics import classification_metrics
+from router.policy import combine_turns
+from router.training import Corpus, TrainSettings, fit_linear, logits_of
+
+SLICE_SAMPLE = 600
+MULTI_TURN_SAMPLE = 400
+CODE_SNIPPET = "\n\n```\nfor item in items:\n    print(item)\n```"
+
+SLICES: dict[str, Callable[[str, random.Random], str | None]] = {
+    "lower-case": lowercase,
+    "no punctuation": drop_punctuation,
+    "typos (15% of words)": lambda text, rng: add_typos(text, rng, rate=0.15),
+    "made short (<= 8 words)": short_query,
+    "conversational wrapping": conversational,
+    "code pasted into the question": lambda text, rng: text + CODE_SNIPPET,
+}
+
+GENERIC_FOLLOW_UPS = [
+    "can you explain that more simply?", "why is that?", "are there any exceptions?",
+    "can you give me an example?", "ok, and then what?", "is that always true?",
+    "thanks. what else should I know?", "could you summarize that in one sentence?",
+    "what do you mean by that?", "and what if it's the other way around?",
+]  # fmt: skip
+DOMAIN_FOLLOW_UPS = {
+    "medical": ["and what about the dose for children?", "is it safe during pregnancy?", "what are the side effects?",
+                "should I see a doctor about it?"],
+    "legal": ["does that apply in every state?", "what if there was no written agreement?", "can they sue me for that?",
+              "do I need a lawyer for this?"],
+    "finance": ["how does that affect the taxes?", "what was it the year before?", "what is the percentage change?",
+                "is that before or after interest?"],
+    "code": ["can you do it without a loop?", "how would that look in javascript?", "it throws an error, why?",
+             "can you add type hints?"],
+    "math": ["what if the number doubles?", "can you check the answer?", "how did you get that step?",
+             "what is the general formula?"],
+    "science": ["why does that happen?", "what would happen on the moon?", "is that the same for all animals?"],
+    "general": ["who else was involved?", "when did that happen?", "where is that exactly?"],
+}  # fmt: skip
+
+
+def random_split(corpus: Corpus, settings: TrainSettings) -> dict:
+    """Stratified 80/20 over the original texts; a test text's variants stay out of training."""
+    originals = np.nonzero(corpus.original)[0]
+    train, test = train_test_split(originals, test_size=0.2, random_state=settings.seed, stratify=corpus.y[originals])
+    test_texts = {corpus.examples[i].text for i in test}
+    keep = np.array([not corpus.original[i] and corpus.examples[i].parent not in test_texts for i in range(len(corpus.y))])
+    train = np.concatenate([train, np.nonzero(keep)[0]])
+    return _fit_and_score(corpus, train, test, settings)
+
+
+def leave_one_source_out(corpus: Corpus, settings: TrainSettings) -> dict:
+    """For each source S: train on every other source (variants included), test on S's originals."""
+    per_source = {}
+    for source in sorted(set(corpus.source)):
+        test = np.nonzero((corpus.source == source) & corpus.original)[0]
+        train = np.nonzero(corpus.source != source)[0]
+        if len(set(corpus.y[train])) < len(corpus.labels):  # the source is its domain's only one
+            continue
+        scored = _fit_and_score(corpus, train, test, settings)
+        per_source[source] = {"accuracy": scored["accuracy"], "n": scored["n"]}
+    accuracies = [row["accuracy"] for row in per_source.values()]
+    return {"mean_accuracy": round(float(np.mean(accuracies)), 4), "per_source": per_source}
+
+
+def _fit_and_score(corpus: Corpus, train: np.ndarray, test: np.ndarray, settings: TrainSettings) -> dict:
+    coef, intercept = fit_linear(corpus.x[train], corpus.y[train], len(corpus.labels), settings)
+    predicted = logits_of(coef, intercept, corpus.x[test]).argmax(axis=1)
+    return classification_metrics(
+        [corpus.labels[i] for i in corpus.y[test]], [corpus.labels[i] for i in predicted], corpus.labels
+    )
+
+
+def robustness_slices(classifier: EmbeddingLinearClassifier, corpus: Corpus, dev: np.ndarray, seed: int) -> dict:
+    """Accuracy on held-out-source texts as they are and as users would type them."""
+    rng = random.Random(seed)
+    sample = [corpus.examples[i] for i in rng.sample(list(dev), min(SLICE_SAMPLE, len(dev)))]
+    tokenizer = classifier.encoder.tokenizer
+    slices: dict[str, list[tuple[str, str]]] = {
+        "as written": [(e.text, e.domain) for e in sample],
+        "short as written (<= 8 words)": [(e.text, e.domain) for e in sample if len(e.text.split()) <= 8],
+        f"long (> {classifier.encoder.max_length} tokens, truncated)": [
+            (e.text, e.domain) for e in sample if len(tokenizer(e.text)["input_ids"]) > classifier.encoder.max_length
+        ],
+    }
+    for name, transform in SLICES.items():
+        slices[name] = [(made, e.domain) for e in sample if (made := transform(e.text, rng))]
+    results = {}
+    for name, items in slices.items():
+        if not items:
+            continue
+        predicted = classifier.predict_proba([text for text, _ in items]).argmax(axis=1)
+        correct = [classifier.labels[p] == domain for p, (_, domain) in zip(predicted, items)]
+        results[name] = {"accuracy": round(float(np.mean(correct)), 4), "n": len(items)}
+    return results
+
+
+def multi_turn(classifier: EmbeddingLinearClassifier, corpus: Corpus, dev: np.ndarray, config: MultiTurnConfig, seed: int) -> dict:
+    """Two-turn conversations built from held-out-source questions (how: docs in README):
+    follow-ups (generic or domain-specific) must keep the first turn's domain; a second
+    question from another domain must switch to it."""
+    rng = random.Random(seed)
+    firsts = [corpus.examples[i] for i in rng.sample(list(dev), min(MULTI_TURN_SAMPLE, len(dev)))]
+    follow_ups, switches = [], []
+    for first in firsts:
+        pool = GENERIC_FOLLOW_UPS + DOMAIN_FOLLOW_UPS.get(first.domain, [])
+        follow_ups.append((first.text, rng.choice(pool), first.domain))
+        other = corpus.examples[rng.choice([i for i in dev if corpus.examples[i].domain != first.domain])]
+        switches.append((first.text, other.text, other.domain))
+    return {
+        "follow_up": _score_conversations(classifier, follow_ups, config),
+        "switch": _score_conversations(classifier, switches, config),
+        "config": config.model_dump(),
+    }
+
+
+def _score_conversations(classifier, conversations: list[tuple[str, str, str]], config: MultiTurnConfig) -> dict:
+    histories = classifier.predict_proba([history for history, _, _ in conversations])
+    lasts = classifier.predict_proba([last for _, last, _ in conversations])
+    correct, alone = [], []
+    for history, last, (_, _, gold) in zip(histories, lasts, conversations):
+        combined, _ = combine_turns(last, history, config)
+        correct.append(classifier.labels[int(np.argmax(combined))] == gold)
+        alone.append(classifier.labels[int(np.argmax(last))] == gold)
+    return {"accuracy": round(float(np.mean(correct)), 4), "last_turn_alone_accuracy": round(float(np.mean(alone)), 4),
+            "n": len(conversations)}  # fmt: skip
+
+
+def single_request_latency(classifier: EmbeddingLinearClassifier, corpus: Corpus, count: int = 100) -> dict:
+    texts = [e.text for e in corpus.examples[:: max(1, len(corpus.examples) // count)]][:count]
+    timings = []
+    for text in texts:
+        start = time.perf_counter()
+        classifier.predict_proba([text])
+        timings.append((time.perf_counter() - start) * 1000)
+    return {"p50_ms": round(float(np.percentile(timings, 50)), 2), "p95_ms": round(float(np.percentile(timings, 95)), 2),
+            "n": len(timings)}  # fmt: skip
+
