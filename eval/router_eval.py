@@ -93,7 +93,7 @@ def robustness_slices(classifier: EmbeddingLinearClassifier, corpus: Corpus, dev
         "as written": [(e.text, e.domain) for e in sample],
         "short as written (<= 8 words)": [(e.text, e.domain) for e in sample if len(e.text.split()) <= 8],
         f"long (> {classifier.encoder.max_length} tokens, truncated)": [
-            (e.text, e.domain) for e in sample if len(tokenizer(e.text)["input_ids"]) > classifier.encoder.max_length
+            (e.text, e.domain) for e in sample if len(tokenizer(e.text, verbose=False)["input_ids"]) > classifier.encoder.max_length
         ],
     }
     for name, transform in SLICES.items():
@@ -121,22 +121,31 @@ def multi_turn(classifier: EmbeddingLinearClassifier, corpus: Corpus, dev: np.nd
         other = corpus.examples[rng.choice([i for i in dev if corpus.examples[i].domain != first.domain])]
         switches.append((first.text, other.text, other.domain))
     return {
-        "follow_up": _score_conversations(classifier, follow_ups, config),
-        "switch": _score_conversations(classifier, switches, config),
+        "follow_up": _score_conversations(classifier, follow_ups, config, reference="history"),
+        "switch": _score_conversations(classifier, switches, config, reference="last"),
         "config": config.model_dump(),
     }
 
 
-def _score_conversations(classifier, conversations: list[tuple[str, str, str]], config: MultiTurnConfig) -> dict:
+def _score_conversations(
+    classifier, conversations: list[tuple[str, str, str]], config: MultiTurnConfig, reference: str
+) -> dict:
+    """Accuracy of the conversation-aware decision, of the last turn alone, and, to isolate the
+    multi-turn logic from single-text mistakes, where the reference text alone ("history" for
+    follow-ups, "last" for switches) is routed right."""
     histories = classifier.predict_proba([history for history, _, _ in conversations])
     lasts = classifier.predict_proba([last for _, last, _ in conversations])
-    correct, alone = [], []
+    correct, alone, history_right = [], [], []
     for history, last, (_, _, gold) in zip(histories, lasts, conversations):
         combined, _ = combine_turns(last, history, config)
         correct.append(classifier.labels[int(np.argmax(combined))] == gold)
         alone.append(classifier.labels[int(np.argmax(last))] == gold)
-    return {"accuracy": round(float(np.mean(correct)), 4), "last_turn_alone_accuracy": round(float(np.mean(alone)), 4),
-            "n": len(conversations)}  # fmt: skip
+        reference_probabilities = history if reference == "history" else last
+        history_right.append(classifier.labels[int(np.argmax(reference_probabilities))] == gold)
+    correct_arr, history_arr = np.array(correct), np.array(history_right)
+    given = float(correct_arr[history_arr].mean()) if history_arr.any() else float("nan")
+    return {"accuracy": round(float(correct_arr.mean()), 4), "last_turn_alone_accuracy": round(float(np.mean(alone)), 4),
+            "accuracy_where_reference_is_right": round(given, 4), "reference": reference, "n": len(conversations)}  # fmt: skip
 
 
 def single_request_latency(classifier: EmbeddingLinearClassifier, corpus: Corpus, count: int = 100) -> dict:

@@ -16,7 +16,8 @@ def write_report(folder: Path, report: dict, title: str) -> list[Path]:
     figures = []
     main = report.get("held_out_sources") or report.get("evaluation")
     if main:
-        figures.append(plot_confusion(main["confusion"], folder / "confusion.png", f"{title}: confusion matrix"))
+        which = "held-out sources" if "held_out_sources" in report else "evaluation data"
+        figures.append(plot_confusion(main["confusion"], folder / "confusion.png", f"{title}: confusion on {which}"))
     if "calibration" in report:
         figures.append(plot_reliability(report["calibration"], folder / "reliability.png"))
     paths[1].write_text(render_markdown(report, title, [f.name for f in figures]))
@@ -112,9 +113,14 @@ def render_markdown(report: dict, title: str, figures: list[str]) -> str:
         lines += [f"| {name} | {r['accuracy']:.3f} | {r['n']} |" for name, r in report["slices"].items()] + [""]
     if "multi_turn" in report:
         mt = report["multi_turn"]
-        lines += ["## Multi-turn (held-out sources)", "", "| turn | accuracy | last turn alone | n |", "|---|---|---|---|"]
-        lines += [f"| {k} | {mt[k]['accuracy']:.3f} | {mt[k]['last_turn_alone_accuracy']:.3f} | {mt[k]['n']} |"
-                  for k in ("follow_up", "switch")] + [""]  # fmt: skip
+        lines += ["## Multi-turn (held-out sources)", "",
+                  "| second turn | accuracy | last turn alone | where the reference text alone is routed right | n |",
+                  "|---|---|---|---|---|"]  # fmt: skip
+        lines += [f"| {k} | {mt[k]['accuracy']:.3f} | {mt[k]['last_turn_alone_accuracy']:.3f} | "
+                  f"{mt[k]['accuracy_where_reference_is_right']:.3f} | {mt[k]['n']} |" for k in ("follow_up", "switch")]
+        lines += ["", "The reference text is the first question for a follow-up (does the follow-up keep a "
+                  "conversation that was routed right?) and the new question for a switch (is a question "
+                  "that alone is routed right also routed right after another domain's question?).", ""]  # fmt: skip
     if "latency" in report:
         lat = report["latency"]
         lines += ["## Latency", "", f"single request p50 {lat['p50_ms']} ms, p95 {lat['p95_ms']} ms (n = {lat['n']})", ""]

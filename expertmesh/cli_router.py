@@ -61,6 +61,7 @@ def evaluate(
     router: Annotated[Path | None, typer.Option(help="Router artifact folder (default: router.artifact of the config).")] = None,
     config: ConfigOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="End the output with one JSON line of the metrics.")] = False,
+    report: Annotated[Path | None, typer.Option(help="Also write report.md, report.json and confusion.png here.")] = None,
 ) -> None:
     """Accuracy, macro-F1, per-domain precision/recall/F1 and the confusion matrix on labelled data."""
     from eval.routing import evaluate_classifier, render_metrics
@@ -78,5 +79,10 @@ def evaluate(
         task = progress.add_task("routing", total=len(examples))
         metrics = evaluate_classifier(classifier, examples, on_batch=lambda n: progress.advance(task, n))
     render_metrics(Console(), metrics, f"Router {folder.name} on {data}")
+    if report is not None:
+        from eval.router_report import write_report
+
+        write_report(report, {"summary": {"router": str(folder), "data": str(data)}, "evaluation": metrics},
+                     f"Router {folder.name} on {data.name}")  # fmt: skip
     if as_json:
         typer.echo(json.dumps(metrics, separators=(",", ":")))

@@ -85,12 +85,15 @@ def test_evaluate_json_on_a_file_and_a_folder(trained_router, tmp_path):
     with gzip.open(tmp_path / "b.jsonl.gz", "wt") as handle:
         handle.write(json.dumps(rows[2]) + "\n")
     for data, n in ((tmp_path / "a.jsonl", 2), (tmp_path, 3)):
-        result = CliRunner().invoke(app, ["router", "evaluate", "--data", str(data), "--router", str(trained_router), "--json"])
+        result = CliRunner().invoke(app, ["router", "evaluate", "--data", str(data), "--router", str(trained_router),
+                                          "--json", "--report", str(tmp_path / "report")])  # fmt: skip
         assert result.exit_code == 0, result.output
         metrics = json.loads(result.output.strip().splitlines()[-1])
         assert metrics["n"] == n and {"accuracy", "macro_f1", "per_domain"} <= set(metrics)
         assert set(metrics["per_domain"]["medical"]) == {"precision", "recall", "f1", "support"}
         assert "confusion matrix" in result.output
+        assert json.loads((tmp_path / "report" / "report.json").read_text())["evaluation"]["n"] == n
+        assert (tmp_path / "report" / "confusion.png").is_file() and (tmp_path / "report" / "report.md").is_file()
 
 
 def test_evaluate_refuses_unknown_labels_and_missing_artifacts(trained_router, tmp_path):
@@ -102,3 +105,16 @@ def test_evaluate_refuses_unknown_labels_and_missing_artifacts(trained_router, t
     assert result.exit_code == 2 and "expertmesh router train" in result.output
     with pytest.raises(ArtifactError):
         load_classifier(tmp_path)
+
+
+def test_a_decision_does_not_depend_on_its_batch_mates(trained_router):
+    """Batched routing must not let other users' requests change a request's decision."""
+    policy = RoutingPolicy(load_classifier(trained_router), load_config())
+    target = "my toddler has a fever of 39C, should I give paracetamol?"
+    others = ["x " * 120, "short", "Write a SQL query that joins three tables and groups by month.", "¿qué es la ley?"]
+    alone = policy.route(target)
+    for batch in ([target, *others], [*others, target], [others[0], target, others[2]], [target] * 5):
+        together = policy.route_batch(batch)[batch.index(target)]
+        assert together.expert == alone.expert and together.domain == alone.domain
+        for domain, score in alone.scores.items():
+            assert together.scores[domain] == pytest.approx(score, abs=1e-3)
