@@ -12,7 +12,7 @@ from sklearn.model_selection import train_test_split
 
 from expertmesh.config import MultiTurnConfig
 from router.augment import add_typos, conversational, drop_punctuation, lowercase, short_query
-from router.embed_linear import EmbeddingLinearClassifier
+from router.classifier import DomainClassifier
 from router.metrics import classification_metrics
 from router.policy import combine_turns
 from router.training import Corpus, TrainSettings, fit_linear, logits_of
@@ -84,16 +84,16 @@ def _fit_and_score(corpus: Corpus, train: np.ndarray, test: np.ndarray, settings
     )
 
 
-def robustness_slices(classifier: EmbeddingLinearClassifier, corpus: Corpus, dev: np.ndarray, seed: int) -> dict:
+def robustness_slices(classifier: DomainClassifier, corpus: Corpus, dev: np.ndarray, seed: int) -> dict:
     """Accuracy on held-out-source texts as they are and as users would type them."""
     rng = random.Random(seed)
     sample = [corpus.examples[i] for i in rng.sample(list(dev), min(SLICE_SAMPLE, len(dev)))]
-    tokenizer = classifier.encoder.tokenizer
+    tokenizer, max_length = classifier.tokenizer, classifier.max_length
     slices: dict[str, list[tuple[str, str]]] = {
         "as written": [(e.text, e.domain) for e in sample],
         "short as written (<= 8 words)": [(e.text, e.domain) for e in sample if len(e.text.split()) <= 8],
-        f"long (> {classifier.encoder.max_length} tokens, truncated)": [
-            (e.text, e.domain) for e in sample if len(tokenizer(e.text, verbose=False)["input_ids"]) > classifier.encoder.max_length
+        f"long (> {max_length} tokens, truncated)": [
+            (e.text, e.domain) for e in sample if len(tokenizer(e.text, verbose=False)["input_ids"]) > max_length
         ],
     }
     for name, transform in SLICES.items():
@@ -108,7 +108,7 @@ def robustness_slices(classifier: EmbeddingLinearClassifier, corpus: Corpus, dev
     return results
 
 
-def multi_turn(classifier: EmbeddingLinearClassifier, corpus: Corpus, dev: np.ndarray, config: MultiTurnConfig, seed: int) -> dict:
+def multi_turn(classifier: DomainClassifier, corpus: Corpus, dev: np.ndarray, config: MultiTurnConfig, seed: int) -> dict:
     """Two-turn conversations built from held-out-source questions (how: docs in README):
     follow-ups (generic or domain-specific) must keep the first turn's domain; a second
     question from another domain must switch to it."""
@@ -148,7 +148,7 @@ def _score_conversations(
             "accuracy_where_reference_is_right": round(given, 4), "reference": reference, "n": len(conversations)}  # fmt: skip
 
 
-def single_request_latency(classifier: EmbeddingLinearClassifier, corpus: Corpus, count: int = 100) -> dict:
+def single_request_latency(classifier: DomainClassifier, corpus: Corpus, count: int = 100) -> dict:
     texts = [e.text for e in corpus.examples[:: max(1, len(corpus.examples) // count)]][:count]
     timings = []
     for text in texts:

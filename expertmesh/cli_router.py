@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Annotated
@@ -19,32 +20,44 @@ router_app = typer.Typer(help="Train and evaluate the router.", no_args_is_help=
 def train(
     config: ConfigOption = None,
     out: Annotated[Path | None, typer.Option(help="Artifact folder (default: router.artifact of the config).")] = None,
-    kind: Annotated[str | None, typer.Option(help="Router kind (default: router.kind of the config).")] = None,
-    per_domain: Annotated[int, typer.Option(help="Original examples per domain, shared among its sources.", min=10)] = 1500,
-    variants: Annotated[int, typer.Option(help="User-like variants added per example.", min=0)] = 1,
+    kind: Annotated[str | None, typer.Option(help="Router kind: embed-linear or finetune (default: router.kind).")] = None,
+    per_domain: Annotated[int | None, typer.Option(help="Original examples per domain, shared among its sources.", min=10)] = None,
+    variants: Annotated[int | None, typer.Option(help="User-like variants added per example.", min=0)] = None,
+    epochs: Annotated[int | None, typer.Option(help="finetune only: the most epochs (early stopping may end sooner).", min=1)] = None,
     target_misroute: Annotated[float, typer.Option(help="Misroute rate the confidence threshold is chosen for.")] = 0.05,
-    seed: Annotated[int, typer.Option(help="Seed for sampling, variants and splits.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed for sampling, variants, splits and training.")] = 0,
 ) -> None:
     """Train the router on the vendored data, calibrate it, and write its report (md, json, PNG)."""
-    from eval.routing import render_metrics
-    from expertmesh.routers import TRAINERS, train_and_report
-    from router.training import TrainSettings
+    from expertmesh.routers import SETTINGS, TRAINERS, train_and_report
 
     cfg = load_or_exit(config)
     kind = kind or cfg.router.kind
     if kind not in TRAINERS:
         fail(f"unknown router kind '{kind}'; known kinds: {sorted(TRAINERS)}")
     folder = (out or cfg.router.artifact).expanduser()
-    settings = TrainSettings(per_domain=per_domain, variants_per_example=variants, seed=seed,
-                             target_misroute=target_misroute)  # fmt: skip
+    chosen = {"per_domain": per_domain, "variants_per_example": variants, "epochs": epochs,
+              "seed": seed, "target_misroute": target_misroute}  # fmt: skip
+    settings_type = SETTINGS[kind]
+    known = {field.name for field in dataclasses.fields(settings_type)}
+    if epochs is not None and "epochs" not in known:
+        fail(f"--epochs applies to the finetune kind, not to '{kind}'")
+    settings = settings_type(**{k: v for k, v in chosen.items() if v is not None and k in known})
     report = train_and_report(cfg, folder, settings, stderr, kind)
+    _print_summary(report, folder)
+
+
+def _print_summary(report: dict, folder: Path) -> None:
+    from eval.routing import render_metrics
+
     console = Console()
     held_out = report["held_out_sources"]
     render_metrics(console, held_out, "Held-out sources (" + ", ".join(held_out["sources"].values()) + ")")
-    render_metrics(console, report["random_split"], "Random split")
+    if "random_split" in report:
+        render_metrics(console, report["random_split"], "Random split")
+    if "leave_one_source_out" in report:
+        console.print(f"Leave-one-source-out mean accuracy {report['leave_one_source_out']['mean_accuracy']:.4f}")
     calibration, multi_turn = report["calibration"], report["multi_turn"]
     console.print(
-        f"Leave-one-source-out mean accuracy {report['leave_one_source_out']['mean_accuracy']:.4f}\n"
         f"Calibration: temperature {calibration['temperature']}, ECE {calibration['ece_before']} -> "
         f"{calibration['ece_after']}; threshold {calibration['threshold']['threshold']} "
         f"(misroute {calibration['threshold']['misroute_rate']}, routed {calibration['threshold']['routed_share']})\n"

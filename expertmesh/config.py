@@ -96,7 +96,7 @@ class MultiTurnConfig(_Strict):
 
 
 class RouterConfig(_Strict):
-    kind: Literal["embed-linear"] = "embed-linear"
+    kind: Literal["embed-linear", "finetune"] = "embed-linear"
     artifact: Path = Path("~/.cache/expertmesh/routers/embed-linear")
     # Below this probability for the top domain, the request goes to fallback_expert.
     # Unset: the threshold that `router train` chose for its target misroute rate.

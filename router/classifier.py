@@ -36,8 +36,15 @@ def _load_embed_linear(folder: Path) -> DomainClassifier:
     return EmbeddingLinearClassifier.load(folder)
 
 
+def _load_finetune(folder: Path) -> DomainClassifier:
+    from router.finetune import FinetunedClassifier
+
+    return FinetunedClassifier.load(folder)
+
+
 CLASSIFIER_LOADERS: dict[str, Callable[[Path], DomainClassifier]] = {
     "embed-linear": _load_embed_linear,
+    "finetune": _load_finetune,
 }
 
 

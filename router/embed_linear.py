@@ -50,6 +50,14 @@ class EmbeddingLinearClassifier:
         self.temperature = float(temperature)
         self.threshold = threshold  # the calibrated confidence threshold, if trained with one
 
+    @property
+    def tokenizer(self):
+        return self.encoder.tokenizer
+
+    @property
+    def max_length(self) -> int:
+        return self.encoder.max_length
+
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         return self.proba_from_embeddings(self.encoder.encode(texts))
 

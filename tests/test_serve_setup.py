@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_missing_artifact_is_trained_once_then_reused(tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(routers, "TrainSettings", lambda **kw: TrainSettings(**{"per_domain": 30, **kw}))
+    monkeypatch.setitem(routers.SETTINGS, "embed-linear", lambda **kw: TrainSettings(**{"per_domain": 30, **kw}))
     config = load_config()
     config = config.model_copy(update={"router": config.router.model_copy(update={"artifact": tmp_path / "r"})})
     output = io.StringIO()
