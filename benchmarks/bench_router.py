@@ -58,6 +58,7 @@ def main() -> None:
 
     result = {
         "router": policy.classifier.kind,
+        "encoder": getattr(getattr(policy.classifier, "encoder", None), "name", "-"),
         "torch_threads": torch.get_num_threads(),
         "single_p50_ms": round(percentile(single, 50), 2),
         "single_p95_ms": round(percentile(single, 95), 2),
@@ -67,9 +68,9 @@ def main() -> None:
         "mean_chars": round(statistics.mean(len(t) for t in texts[: args.single]), 1),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
     }
-    print("| router | torch threads | single p50 ms | single p95 ms | batched decisions/s (batch) |")
-    print("|---|---|---|---|---|")
-    print(f"| {result['router']} | {result['torch_threads']} | {result['single_p50_ms']} | {result['single_p95_ms']} | "
+    print("| router | encoder | torch threads | single p50 ms | single p95 ms | batched decisions/s (batch) |")
+    print("|---|---|---|---|---|---|")
+    print(f"| {result['router']} | {result['encoder']} | {result['torch_threads']} | {result['single_p50_ms']} | {result['single_p95_ms']} | "
           f"{result['batched_decisions_per_s']} ({args.batch}) |")  # fmt: skip
     print(json.dumps(result))
 

@@ -88,12 +88,12 @@ def robustness_slices(classifier: DomainClassifier, corpus: Corpus, dev: np.ndar
     """Accuracy on held-out-source texts as they are and as users would type them."""
     rng = random.Random(seed)
     sample = [corpus.examples[i] for i in rng.sample(list(dev), min(SLICE_SAMPLE, len(dev)))]
-    tokenizer, max_length = classifier.tokenizer, classifier.max_length
+    max_length = classifier.max_length
     slices: dict[str, list[tuple[str, str]]] = {
         "as written": [(e.text, e.domain) for e in sample],
         "short as written (<= 8 words)": [(e.text, e.domain) for e in sample if len(e.text.split()) <= 8],
         f"long (> {max_length} tokens, truncated)": [
-            (e.text, e.domain) for e in sample if len(tokenizer(e.text, verbose=False)["input_ids"]) > max_length
+            (e.text, e.domain) for e in sample if classifier.token_count(e.text) > max_length
         ],
     }
     for name, transform in SLICES.items():

@@ -24,23 +24,28 @@ def train(
     per_domain: Annotated[int | None, typer.Option(help="Original examples per domain, shared among its sources.", min=10)] = None,
     variants: Annotated[int | None, typer.Option(help="User-like variants added per example.", min=0)] = None,
     epochs: Annotated[int | None, typer.Option(help="finetune only: the most epochs (early stopping may end sooner).", min=1)] = None,
+    encoder: Annotated[str | None, typer.Option(help="embed-linear only: minilm, minilm-static or minilm+static.")] = None,
     target_misroute: Annotated[float, typer.Option(help="Misroute rate the confidence threshold is chosen for.")] = 0.05,
     seed: Annotated[int, typer.Option(help="Seed for sampling, variants, splits and training.")] = 0,
 ) -> None:
     """Train the router on the vendored data, calibrate it, and write its report (md, json, PNG)."""
     from expertmesh.routers import SETTINGS, TRAINERS, train_and_report
+    from router.encoder import ENCODERS
 
     cfg = load_or_exit(config)
     kind = kind or cfg.router.kind
     if kind not in TRAINERS:
         fail(f"unknown router kind '{kind}'; known kinds: {sorted(TRAINERS)}")
     folder = (out or cfg.router.artifact).expanduser()
-    chosen = {"per_domain": per_domain, "variants_per_example": variants, "epochs": epochs,
+    chosen = {"per_domain": per_domain, "variants_per_example": variants, "epochs": epochs, "encoder": encoder,
               "seed": seed, "target_misroute": target_misroute}  # fmt: skip
     settings_type = SETTINGS[kind]
     known = {field.name for field in dataclasses.fields(settings_type)}
-    if epochs is not None and "epochs" not in known:
-        fail(f"--epochs applies to the finetune kind, not to '{kind}'")
+    for option, value in (("epochs", epochs), ("encoder", encoder)):
+        if value is not None and option not in known:
+            fail(f"--{option} does not apply to the '{kind}' router kind")
+    if encoder is not None and encoder not in ENCODERS:
+        fail(f"unknown encoder '{encoder}'; known encoders: {sorted(ENCODERS)}")
     settings = settings_type(**{k: v for k, v in chosen.items() if v is not None and k in known})
     report = train_and_report(cfg, folder, settings, stderr, kind)
     _print_summary(report, folder)

@@ -20,6 +20,11 @@ class DomainClassifier(Protocol):
     kind: str
     labels: list[str]
     threshold: float | None  # the confidence threshold chosen at training, if any
+    max_length: int  # tokens read of a text; the rest is cut
+
+    def token_count(self, text: str) -> int:
+        """How many tokens the classifier's tokenizer makes of a text."""
+        ...
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         """One row of domain probabilities (in `labels` order) per text."""

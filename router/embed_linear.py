@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from router.classifier import MANIFEST, ArtifactError, read_manifest
-from router.encoder import TextEncoder
+from router.encoder import ENCODER_NAME, Encoder, load_encoder
 
 WEIGHTS = "linear.npz"
 LABELS = "labels.json"
@@ -31,7 +31,7 @@ class EmbeddingLinearClassifier:
 
     def __init__(
         self,
-        encoder: TextEncoder,
+        encoder: Encoder,
         labels: list[str],
         coef: np.ndarray,
         intercept: np.ndarray,
@@ -50,9 +50,8 @@ class EmbeddingLinearClassifier:
         self.temperature = float(temperature)
         self.threshold = threshold  # the calibrated confidence threshold, if trained with one
 
-    @property
-    def tokenizer(self):
-        return self.encoder.tokenizer
+    def token_count(self, text: str) -> int:
+        return self.encoder.token_count(text)
 
     @property
     def max_length(self) -> int:
@@ -66,13 +65,14 @@ class EmbeddingLinearClassifier:
 
     def save(self, folder: Path, manifest: dict) -> None:
         folder.mkdir(parents=True, exist_ok=True)
+        self.encoder.save(folder)
         np.savez(folder / WEIGHTS, coef=self._coef_t.T, intercept=self._intercept, temperature=self.temperature)
         (folder / LABELS).write_text(json.dumps(self.labels))
-        manifest = {**manifest, "kind": self.kind, "encoder_max_length": self.encoder.max_length}
+        manifest = {**manifest, "kind": self.kind, "encoder": self.encoder.name, "encoder_max_length": self.encoder.max_length}
         (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
 
     @classmethod
-    def load(cls, folder: Path, encoder: TextEncoder | None = None) -> EmbeddingLinearClassifier:
+    def load(cls, folder: Path, encoder: Encoder | None = None) -> EmbeddingLinearClassifier:
         manifest = read_manifest(folder)
         try:
             labels = json.loads((folder / LABELS).read_text())
@@ -81,5 +81,7 @@ class EmbeddingLinearClassifier:
                 temperature = float(weights["temperature"]) if "temperature" in weights else 1.0
         except (OSError, KeyError, ValueError) as exc:
             raise ArtifactError(f"router artifact {folder} is incomplete or corrupt: {exc}") from exc
-        encoder = encoder or TextEncoder(max_length=manifest.get("encoder_max_length", 128))
+        name = manifest.get("encoder", "minilm")
+        name = "minilm" if name == ENCODER_NAME else name  # artifacts of the first slice named the model
+        encoder = encoder or load_encoder(name, folder, manifest.get("encoder_max_length", 128))
         return cls(encoder, labels, coef, intercept, temperature, manifest.get("threshold"))

@@ -70,6 +70,9 @@ class FinetunedClassifier:
         self.threshold = threshold
         self._lock = threading.Lock()  # the fast tokenizer is not safe across threads
 
+    def token_count(self, text: str) -> int:
+        return len(self.tokenizer(text, verbose=False)["input_ids"])
+
     def logits(self, texts: Sequence[str]) -> np.ndarray:
         order = np.argsort([len(text) for text in texts], kind="stable")
         out = np.empty((len(texts), len(self.labels)), dtype=np.float32)

@@ -43,7 +43,7 @@ from router.data import (
     vendored_data_dir,
 )
 from router.embed_linear import EmbeddingLinearClassifier
-from router.encoder import ENCODER_NAME, TextEncoder
+from router.encoder import build_encoder
 from router.metrics import classification_metrics
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,7 @@ class TrainSettings:
     regularization_c: float = 0.02
     max_length: int = 128
     target_misroute: float = 0.05  # the threshold keeps routed decisions at most this often wrong
+    encoder: str = "minilm"  # router/encoder.py: minilm, minilm-static or minilm+static
 
 
 @dataclass
@@ -154,7 +155,7 @@ def train_embed_linear(
     if on_start:
         on_start(len(examples))
     started = time.perf_counter()
-    encoder = TextEncoder(max_length=settings.max_length)
+    encoder = build_encoder(settings.encoder, settings.max_length)
     corpus = Corpus(examples, encoder.encode([e.text for e in examples], on_batch=on_embedded), labels)
     embed_seconds = time.perf_counter() - started
 
@@ -165,7 +166,6 @@ def train_embed_linear(
     coef, intercept = fit_linear(corpus.x, corpus.y, len(labels), settings)
     classifier = EmbeddingLinearClassifier(encoder, labels, coef, intercept, temperature)
     manifest = {
-        "encoder": ENCODER_NAME,
         "labels": labels,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "data_fingerprint": fingerprint(data_files(data_dir), **asdict(settings)),

@@ -55,4 +55,4 @@ def test_training_is_reproducible_with_a_seed(finetuned, tmp_path):
 
 def test_epochs_option_is_refused_for_embed_linear(tmp_path):
     result = CliRunner().invoke(app, ["router", "train", "--kind", "embed-linear", "--epochs", "2", "--out", str(tmp_path)])
-    assert result.exit_code == 2 and "--epochs applies to the finetune kind" in result.output
+    assert result.exit_code == 2 and "--epochs does not apply to the 'embed-linear'" in result.output

@@ -118,3 +118,29 @@ def test_a_decision_does_not_depend_on_its_batch_mates(trained_router):
         assert together.expert == alone.expert and together.domain == alone.domain
         for domain, score in alone.scores.items():
             assert together.scores[domain] == pytest.approx(score, abs=1e-3)
+
+
+@pytest.fixture(scope="module")
+def static_router(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("static") / "router"
+    result = CliRunner().invoke(app, ["router", "train", "--encoder", "minilm-static", "--per-domain", "120", "--out", str(folder)])
+    assert result.exit_code == 0, result.output
+    return folder
+
+
+def test_static_encoder_router_is_saved_loaded_and_batch_independent(static_router):
+    manifest = json.loads((static_router / "manifest.json").read_text())
+    assert manifest["encoder"] == "minilm-static" and (static_router / "static-encoder").is_dir()
+    classifier = load_classifier(static_router)
+    assert classifier.encoder.name == "minilm-static" and classifier.encoder.dimension == 256
+    policy = RoutingPolicy(classifier, load_config())
+    target = "how do I merge two dataframes in pandas"
+    alone = policy.route(target)
+    assert alone.domain == "code"
+    batch = ["filler text " * 50, target, "a contract dispute", *["x"] * 40]
+    assert policy.route_batch(batch)[1].scores == alone.scores
+
+
+def test_unknown_encoder_is_refused(tmp_path):
+    result = CliRunner().invoke(app, ["router", "train", "--encoder", "word2vec", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "unknown encoder 'word2vec'" in result.output
