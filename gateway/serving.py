@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 
@@ -16,6 +16,7 @@ from experts.errors import ExpertError, ExpertUnavailable
 from experts.pool import ExpertPool
 from gateway.errors import APIError, from_expert_error
 from gateway.protocol import ChatCompletionRequest
+from router.batching import MicroBatcher
 from router.decision import RoutingDecision
 from router.policy import RoutingPolicy
 from router.text import routing_text
@@ -42,6 +43,7 @@ def _sse_error(error: APIError) -> bytes:
 class ChatService:
     def __init__(self, policy: RoutingPolicy | None, experts: ExpertPool, fallback_expert: str) -> None:
         self.policy = policy
+        self.batcher = MicroBatcher(policy.classifier) if policy is not None else None
         self.experts = experts
         self.fallback_expert = fallback_expert
 
@@ -55,8 +57,10 @@ class ChatService:
             raise APIError(503, "no router is loaded; name an expert as the model", "server_error")
         if not routing_text(messages).strip():
             return RoutingDecision(expert=self.fallback_expert, routed_by="fallback")
-        # The encoder is CPU-bound: keep it off the event loop.
-        return await asyncio.to_thread(self.policy.route_messages, messages)
+        # Concurrent requests share classifier calls; the encoder runs off the event loop.
+        start = time.perf_counter()
+        rows = await self.batcher.predict_proba(self.policy.texts_to_score(messages))
+        return self.policy.decide(rows, (time.perf_counter() - start) * 1000)
 
     async def decide(self, request: ChatCompletionRequest) -> RoutingDecision:
         if request.model == AUTO_MODEL:

@@ -49,18 +49,23 @@ class RoutingPolicy:
         A follow-up such as "and what about for children?" keeps the conversation's domain;
         only a last turn that is confidently about another domain switches it.
         """
+        texts = self.texts_to_score(messages)
+        start = time.perf_counter()
+        rows = self.classifier.predict_proba(texts)
+        return self.decide(rows, (time.perf_counter() - start) * 1000)
+
+    def texts_to_score(self, messages: Iterable[Mapping[str, Any]]) -> list[str]:
+        """[last user turn] or, in a conversation, [last user turn, earlier user turns]."""
         turns = user_turns(messages)
         history = turns[-1 - self.multi_turn.history_turns : -1] if self.multi_turn.history_turns else []
-        if not history:
-            return self.route(turns[-1] if turns else "")
-        start = time.perf_counter()
-        last, context = self.classifier.predict_proba([turns[-1], "\n".join(history)])
-        probabilities, conversation = self._combine(last, context)
-        latency_ms = (time.perf_counter() - start) * 1000
-        return self._decide(probabilities, latency_ms, conversation)
+        return [turns[-1] if turns else "", *(["\n".join(history)] if history else [])]
 
-    def _combine(self, last: np.ndarray, context: np.ndarray) -> tuple[np.ndarray, Conversation]:
-        return combine_turns(last, context, self.multi_turn)
+    def decide(self, rows: np.ndarray, latency_ms: float) -> RoutingDecision:
+        """The decision from the classifier's rows for texts_to_score(messages)."""
+        if len(rows) == 1:
+            return self._decide(rows[0], latency_ms)
+        probabilities, conversation = combine_turns(rows[0], rows[1], self.multi_turn)
+        return self._decide(probabilities, latency_ms, conversation)
 
     def _decide(
         self, probabilities: np.ndarray, latency_ms: float, conversation: Conversation | None = None
