@@ -20,18 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from router.calibration import (
-    expected_calibration_error,
-    fit_temperature,
-    reliability_bins,
-    softmax,
-    threshold_for_misroute_rate,
-)
+from router.calibration import softmax
 from router.classifier import MANIFEST, read_manifest
-from router.data import HELD_OUT_SOURCES, data_files, fingerprint, vendored_data_dir
+from router.data import data_files, fingerprint, vendored_data_dir
 from router.encoder import ENCODER_NAME, minilm_path
-from router.metrics import classification_metrics
-from router.training import Corpus, TrainResult, build_examples
+from router.training import Corpus, TrainResult, build_examples, held_out_mask, held_out_report
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +115,7 @@ def train_finetune(
     examples = build_examples(data_dir, domains, settings)
     labels = [d for d in domains if any(e.domain == d for e in examples)]
     corpus = Corpus(examples, np.zeros((len(examples), 0), dtype=np.float32), labels)
-    held_out = np.array([HELD_OUT_SOURCES.get(e.domain) == e.source for e in examples])
+    held_out = held_out_mask(corpus)
     train_rows = np.nonzero(~held_out)[0]
     dev = np.nonzero(held_out & corpus.original)[0]
 
@@ -183,7 +176,8 @@ def train_finetune(
 
     trainer.save_model(str(tmp / MODEL_DIR))
     classifier = FinetunedClassifier(tmp / MODEL_DIR, labels, settings.max_length)
-    metrics = _calibrate(classifier, corpus, dev, settings)
+    logits = classifier.logits([corpus.examples[i].text for i in dev])
+    metrics = held_out_report(logits, corpus, dev, settings.target_misroute)
     classifier.temperature = metrics["calibration"]["temperature"]
     classifier.threshold = metrics["calibration"]["threshold"]["threshold"]
     manifest = {
@@ -207,24 +201,3 @@ def train_finetune(
     tmp.rename(out)
     classifier = FinetunedClassifier.load(out)
     return TrainResult(out, classifier, classifier, corpus, dev, metrics)
-
-
-def _calibrate(classifier: FinetunedClassifier, corpus: Corpus, dev: np.ndarray, settings: FinetuneSettings) -> dict:
-    logits = classifier.logits([corpus.examples[i].text for i in dev])
-    gold = corpus.y[dev]
-    temperature = fit_temperature(logits, gold)
-    raw, calibrated = softmax(logits), softmax(logits / temperature)
-    held_out = classification_metrics(
-        [corpus.labels[i] for i in gold], [corpus.labels[i] for i in calibrated.argmax(1)], corpus.labels
-    )
-    held_out["sources"] = {d: s for d, s in HELD_OUT_SOURCES.items() if d in corpus.labels}
-    return {
-        "held_out_sources": held_out,
-        "calibration": {
-            "temperature": round(temperature, 4),
-            "ece_before": round(expected_calibration_error(raw, gold), 4),
-            "ece_after": round(expected_calibration_error(calibrated, gold), 4),
-            "reliability": reliability_bins(calibrated, gold),
-            "threshold": threshold_for_misroute_rate(calibrated, gold, settings.target_misroute),
-        },
-    }

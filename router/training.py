@@ -122,22 +122,27 @@ def calibrate_on_dev(corpus: Corpus, settings: TrainSettings) -> tuple[tuple[np.
     held_out = held_out_mask(corpus)
     coef, intercept = fit_linear(corpus.x[~held_out], corpus.y[~held_out], len(corpus.labels), settings)
     dev = np.nonzero(held_out & corpus.original)[0]
-    logits = logits_of(coef, intercept, corpus.x[dev])
-    labels = corpus.y[dev]
-    temperature = fit_temperature(logits, labels)
+    metrics = held_out_report(logits_of(coef, intercept, corpus.x[dev]), corpus, dev, settings.target_misroute)
+    return (coef, intercept), dev, metrics
+
+
+def held_out_report(logits: np.ndarray, corpus: Corpus, dev: np.ndarray, target_misroute: float) -> dict:
+    """Metrics and calibration (temperature, ECE, reliability, threshold) on the held-out sources."""
+    gold = corpus.y[dev]
+    temperature = fit_temperature(logits, gold)
     raw, calibrated = softmax(logits), softmax(logits / temperature)
     metrics = classification_metrics(
-        [corpus.labels[i] for i in labels], [corpus.labels[i] for i in calibrated.argmax(1)], corpus.labels
+        [corpus.labels[i] for i in gold], [corpus.labels[i] for i in calibrated.argmax(1)], corpus.labels
     )
     metrics["sources"] = {d: s for d, s in HELD_OUT_SOURCES.items() if d in corpus.labels}
     calibration = {
         "temperature": round(temperature, 4),
-        "ece_before": round(expected_calibration_error(raw, labels), 4),
-        "ece_after": round(expected_calibration_error(calibrated, labels), 4),
-        "reliability": reliability_bins(calibrated, labels),
-        "threshold": threshold_for_misroute_rate(calibrated, labels, settings.target_misroute),
+        "ece_before": round(expected_calibration_error(raw, gold), 4),
+        "ece_after": round(expected_calibration_error(calibrated, gold), 4),
+        "reliability": reliability_bins(calibrated, gold),
+        "threshold": threshold_for_misroute_rate(calibrated, gold, target_misroute),
     }
-    return (coef, intercept), dev, {"held_out_sources": metrics, "calibration": calibration}
+    return {"held_out_sources": metrics, "calibration": calibration}
 
 
 def train_embed_linear(
