@@ -78,3 +78,18 @@ def test_refuses_what_it_cannot_do(embedded_url):
     assert ask(embedded_url, logprobs=True).status_code == 400
     assert ask(embedded_url, n=2).status_code == 400
     assert httpx.get(f"{embedded_url}/v1/models").json()["data"][0]["id"] == SERVED_MODEL_NAME
+
+
+@pytest.mark.slow
+def test_a_conversion_by_another_transformers_version_is_redone(embedded_model, tmp_path):
+    from expertmesh.config import load_config
+    from experts.embedded.model import prepare_model
+
+    cached = prepare_model(load_config().embedded.cache_dir)  # converted by this version
+    marker = (cached / ".complete").read_text()
+    assert "transformers==" in marker
+    copy = tmp_path / "smollm2-135m-instruct"
+    copy.mkdir()
+    (copy / ".complete").write_text(marker.replace("transformers==", "transformers==0.0.0-"))
+    assert prepare_model(tmp_path) == copy
+    assert (copy / ".complete").read_text() == marker and (copy / "model.safetensors").is_file()

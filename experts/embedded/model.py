@@ -37,13 +37,19 @@ def packaged_gguf() -> Path:
 
 def prepare_model(cache_dir: Path) -> Path:
     """The safetensors folder of the packaged model, converting the GGUF on first use."""
+    import transformers
+
     target = Path(cache_dir).expanduser() / SERVED_MODEL_NAME
-    if (target / _COMPLETE_MARKER).is_file():
+    gguf = packaged_gguf()
+    # The conversion depends on the transformers version (5.3 produced a model that answers
+    # gibberish): a folder converted by another version is converted again.
+    made_by = f"{gguf.name} transformers=={transformers.__version__}"
+    marker = target / _COMPLETE_MARKER
+    if marker.is_file() and marker.read_text() == made_by:
         return target
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = packaged_gguf()
     log.info("converting %s to safetensors in %s (once)", gguf.name, target)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -55,7 +61,7 @@ def prepare_model(cache_dir: Path) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    (tmp / _COMPLETE_MARKER).write_text(gguf.name)
+    (tmp / _COMPLETE_MARKER).write_text(made_by)
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
     return target
