@@ -92,7 +92,7 @@ def robustness_slices(classifier: DomainClassifier, corpus: Corpus, dev: np.ndar
     slices: dict[str, list[tuple[str, str]]] = {
         "as written": [(e.text, e.domain) for e in sample],
         "short as written (<= 8 words)": [(e.text, e.domain) for e in sample if len(e.text.split()) <= 8],
-        f"long (> {max_length} tokens, truncated)": [
+        f"long (> {max_length} tokens: head and tail kept)": [
             (e.text, e.domain) for e in sample if classifier.token_count(e.text) > max_length
         ],
     }

@@ -22,7 +22,10 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 ENCODER_NAME = "all-MiniLM-L6-v2"
-DEFAULT_MAX_LENGTH = 128  # tokens; longer inputs are truncated (domain cues come early)
+DEFAULT_MAX_LENGTH = 128  # tokens read of a text; longer texts keep their head and their tail
+# Of a long text, this share of the tokens is kept from its start and the rest from its end:
+# the question a user asks often comes last, after pasted context.
+HEAD_SHARE = 0.75
 # Forward passes over at most this many texts of similar length: on CPU, padding a short
 # text to the longest one in a large batch costs more than the batching saves (measured:
 # 57 texts/s with batches of 64, 205 with 8, on a 2-core machine).
@@ -64,6 +67,18 @@ class TextEncoder:
     def save(self, folder: Path) -> None:
         """Nothing to save: the model comes from its package."""
 
+    def head_and_tail(self, text: str) -> str:
+        """The text itself, or for one over max_length tokens, its head and tail tokens."""
+        if len(text) <= self.max_length:  # every token has at least one character
+            return text
+        tokenizer = self._model.tokenizer
+        ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+        room = self.max_length - 6  # [CLS], [SEP] and a little slack for re-tokenisation
+        if len(ids) <= room:
+            return text
+        head = int(room * HEAD_SHARE)
+        return tokenizer.decode(ids[:head] + ids[len(ids) - (room - head) :])
+
     @property
     def dimension(self) -> int:
         model = self._model
@@ -79,6 +94,7 @@ class TextEncoder:
         """Embed texts in batches; on_batch(n) is called after each batch of n texts."""
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
+        texts = [self.head_and_tail(text) for text in texts]
         # Batches of similar lengths pad less: encode in length order, return in input order.
         order = np.argsort([len(text) for text in texts], kind="stable")
         chunks = []
@@ -120,7 +136,6 @@ class StaticEncoder:
         self.max_length = max_length
         self._tokenizer = Tokenizer.from_file(str(Path(minilm_path()) / "tokenizer.json"))
         self._tokenizer.no_padding()
-        self._tokenizer.enable_truncation(max_length)
         self._special = {self._tokenizer.token_to_id(t) for t in ("[CLS]", "[SEP]", "[PAD]")} - {None}
 
     @classmethod
@@ -160,11 +175,7 @@ class StaticEncoder:
         return int(self.vectors.shape[1])
 
     def token_count(self, text: str) -> int:
-        self._tokenizer.no_truncation()
-        try:
-            return len(self._tokenizer.encode(text).ids)
-        finally:
-            self._tokenizer.enable_truncation(self.max_length)
+        return len(self._tokenizer.encode(text).ids)
 
     def encode(self, texts: Sequence[str], batch_size: int = 1024, on_batch: Callable[[int], None] | None = None) -> np.ndarray:
         out = np.zeros((len(texts), self.dimension), dtype=np.float32)
@@ -172,6 +183,9 @@ class StaticEncoder:
             batch = list(texts[start : start + batch_size])
             for row, encoding in enumerate(self._tokenizer.encode_batch(batch), start=start):
                 ids = [i for i in encoding.ids if i not in self._special]
+                if len(ids) > self.max_length:  # head and tail, as TextEncoder.head_and_tail
+                    head = int(self.max_length * HEAD_SHARE)
+                    ids = ids[:head] + ids[len(ids) - (self.max_length - head) :]
                 if ids:
                     out[row] = self.vectors[ids].mean(axis=0)
             if on_batch is not None:

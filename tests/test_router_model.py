@@ -144,3 +144,19 @@ def test_static_encoder_router_is_saved_loaded_and_batch_independent(static_rout
 def test_unknown_encoder_is_refused(tmp_path):
     result = CliRunner().invoke(app, ["router", "train", "--encoder", "word2vec", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "unknown encoder 'word2vec'" in result.output
+
+
+FILLER = ("I have been reading a lot of articles lately about many different subjects, from travel to "
+          "cooking to history, and I keep a long diary about all of them with many details. ") * 8  # fmt: skip
+
+
+def test_long_inputs_keep_their_head_and_their_tail(trained_router):
+    classifier = load_classifier(trained_router)
+    encoder = classifier.encoder
+    text = FILLER + "Anyway, my question: how do I fix a Python TypeError when adding a str and an int?"
+    assert encoder.token_count(text) > encoder.max_length
+    cut = encoder.head_and_tail(text)
+    assert encoder.token_count(cut) <= encoder.max_length
+    assert cut.startswith("i have been reading") and cut.endswith("adding a str and an int?")
+    assert encoder.head_and_tail("short text") == "short text"
+    assert RoutingPolicy(classifier, load_config()).route(text).domain == "code"
