@@ -94,7 +94,8 @@ class TextEncoder:
         """Embed texts in batches; on_batch(n) is called after each batch of n texts."""
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        texts = [self.head_and_tail(text) for text in texts]
+        with self._lock:  # head_and_tail uses the tokenizer too
+            texts = [self.head_and_tail(text) for text in texts]
         # Batches of similar lengths pad less: encode in length order, return in input order.
         order = np.argsort([len(text) for text in texts], kind="stable")
         chunks = []
