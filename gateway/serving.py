@@ -19,7 +19,6 @@ from gateway.protocol import ChatCompletionRequest
 from router.batching import MicroBatcher
 from router.decision import RoutingDecision
 from router.policy import RoutingPolicy
-from router.text import routing_text
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +54,12 @@ class ChatService:
         """The router's decision for a conversation (its last user turn, in context)."""
         if self.policy is None:
             raise APIError(503, "no router is loaded; name an expert as the model", "server_error")
-        if not routing_text(messages).strip():
+        texts = self.policy.texts_to_score(messages)
+        if not texts[0].strip():  # no user text to route on
             return RoutingDecision(expert=self.fallback_expert, routed_by="fallback")
         # Concurrent requests share classifier calls; the encoder runs off the event loop.
         start = time.perf_counter()
-        rows = await self.batcher.predict_proba(self.policy.texts_to_score(messages))
+        rows = await self.batcher.predict_proba(texts)
         return self.policy.decide(rows, (time.perf_counter() - start) * 1000)
 
     async def decide(self, request: ChatCompletionRequest) -> RoutingDecision:

@@ -77,7 +77,7 @@ class EmbeddedServer:
             return _error(400, "logprobs are not supported by the embedded backend")
         return None
 
-    async def complete(self, request: _ChatRequest, http: Request) -> Response:
+    async def complete(self, request: _ChatRequest) -> Response:
         if (problem := self._check(request)) is not None:
             return problem
         messages = [{"role": m.role if m.role != "developer" else "system", "content": message_text(m.content)}
@@ -162,7 +162,7 @@ def build_embedded_app(server: EmbeddedServer) -> FastAPI:
         return {"object": "list", "data": data}
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(request: _ChatRequest, http: Request) -> Response:
-        return await server.complete(request, http)
+    async def chat_completions(request: _ChatRequest) -> Response:
+        return await server.complete(request)
 
     return app
