@@ -24,7 +24,7 @@ def train(
     per_domain: Annotated[int | None, typer.Option(help="Original examples per domain, shared among its sources.", min=10)] = None,
     variants: Annotated[int | None, typer.Option(help="User-like variants added per example.", min=0)] = None,
     epochs: Annotated[int | None, typer.Option(help="finetune only: the most epochs (early stopping may end sooner).", min=1)] = None,
-    encoder: Annotated[str | None, typer.Option(help="embed-linear only: minilm, minilm-static or minilm+static.")] = None,
+    encoder: Annotated[str | None, typer.Option(help="embed-linear only: minilm, minilm-int8, minilm-static or minilm+static.")] = None,
     target_misroute: Annotated[float, typer.Option(help="Misroute rate the confidence threshold is chosen for.")] = 0.05,
     seed: Annotated[int, typer.Option(help="Seed for sampling, variants, splits and training.")] = 0,
 ) -> None:

@@ -160,3 +160,31 @@ def test_long_inputs_keep_their_head_and_their_tail(trained_router):
     assert cut.startswith("i have been reading") and cut.endswith("adding a str and an int?")
     assert encoder.head_and_tail("short text") == "short text"
     assert RoutingPolicy(classifier, load_config()).route(text).domain == "code"
+
+
+TEXTS_OF_ALL_LENGTHS = [
+    "hi",
+    "What is the maximum dose of ibuprofen for an adult?",
+    "def add(a, b): return a + b  # why does this fail on strings and ints?",
+    "A tenant signed a one-year lease; the landlord sold the building. " * 12,  # over 128 tokens
+]
+
+
+@pytest.mark.slow
+def test_onnx_runtime_gives_sentence_transformers_embeddings():
+    """The default runtime is ONNX Runtime for speed; it must compute the same function."""
+    from router.encoder import TextEncoder
+
+    reference = TextEncoder(runtime="torch").encode(TEXTS_OF_ALL_LENGTHS)
+    onnx = TextEncoder(runtime="onnx").encode(TEXTS_OF_ALL_LENGTHS)
+    int8 = TextEncoder(runtime="onnx-int8").encode(TEXTS_OF_ALL_LENGTHS)
+    assert np.allclose(onnx, reference, atol=1e-4)
+    # int8 weights move the embeddings a little (hence its own encoder name and head), not much.
+    assert (int8 * reference).sum(axis=1).min() > 0.85
+
+
+def test_unknown_runtime_is_refused():
+    from router.encoder import TextEncoder
+
+    with pytest.raises(ValueError, match="unknown runtime 'tpu'"):
+        TextEncoder(runtime="tpu")
