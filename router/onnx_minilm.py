@@ -71,7 +71,11 @@ def _export(model_dir: str, target: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     module = MeanPooled(AutoModel.from_pretrained(model_dir).eval()).eval()
     sample = tokenizer(["an example sentence"], return_tensors="pt")
-    dynamic = {"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"}, "embedding": {0: "batch"}}
+    dynamic = {
+        "input_ids": {0: "batch", 1: "tokens"},
+        "attention_mask": {0: "batch", 1: "tokens"},
+        "embedding": {0: "batch"},
+    }
     with torch.inference_mode(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the tracer's notes on shape-dependent Python branches
         torch.onnx.export(

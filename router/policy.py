@@ -64,7 +64,7 @@ class RoutingPolicy:
         """The decision from the classifier's rows for texts_to_score(messages)."""
         if len(rows) == 1:
             return self._decide(rows[0], latency_ms)
-        probabilities, conversation = combine_turns(rows[0], rows[1], self.multi_turn)
+        probabilities, conversation = combine_turns(rows[0], rows[1], self.multi_turn, self.classifier.labels)
         return self._decide(probabilities, latency_ms, conversation)
 
     def _decide(
@@ -86,10 +86,16 @@ class RoutingPolicy:
         )
 
 
-def combine_turns(last: np.ndarray, context: np.ndarray, multi_turn: MultiTurnConfig) -> tuple[np.ndarray, Conversation]:
+def combine_turns(
+    last: np.ndarray, context: np.ndarray, multi_turn: MultiTurnConfig, labels: Sequence[str]
+) -> tuple[np.ndarray, Conversation]:
     """Domain probabilities for the last turn of a conversation, given the earlier turns'."""
-    switches = int(np.argmax(last)) != int(np.argmax(context))
-    if switches and float(np.max(last)) >= multi_turn.switch_confidence:
+    new, old = int(np.argmax(last)), int(np.argmax(context))
+    may_switch_to = labels[new] not in multi_turn.never_switch_to
+    if new != old and may_switch_to and float(last[new]) >= multi_turn.switch_confidence:
         return last, "switched"
     mixed = multi_turn.history_weight * context + (1 - multi_turn.history_weight) * last
-    return mixed, "kept" if int(np.argmax(mixed)) == int(np.argmax(context)) else "switched"
+    top = int(np.argmax(mixed))
+    if top != old and labels[top] in multi_turn.never_switch_to:
+        return context, "kept"
+    return mixed, "kept" if top == old else "switched"

