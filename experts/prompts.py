@@ -2,7 +2,9 @@
 
 The expert's system prompt goes first (a caller's own system messages are appended to
 it, since many chat templates accept one system message only), and the last user turn
-is rendered through the expert's user template.
+is rendered through the expert's user template. For models whose chat template has no
+system role (Mistral-based ones such as Saul-7B-Instruct refuse it), the system text opens
+the first user turn instead.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ SYSTEM_ROLES = {"system", "developer"}
 class ExpertPrompt:
     def __init__(self, expert: ExpertConfig, domain: str | None = None) -> None:
         self.system_prompt = expert.system_prompt
+        self.system_role = expert.system_role
         self.user_template = PromptTemplate.from_template(expert.user_template)
         self.default_domain = domain or (expert.domains[0] if expert.domains else "general")
 
@@ -33,5 +36,13 @@ class ExpertPrompt:
             query = message_text(turns[last_user].get("content"))
             rendered = self.user_template.format(query=query, domain=domain or self.default_domain)
             turns = [*turns[:last_user], {**turns[last_user], "content": rendered}, *turns[last_user + 1 :]]
-        system = [{"role": "system", "content": "\n\n".join(p for p in system_parts if p)}]
-        return (system if system[0]["content"] else []) + turns
+        system = "\n\n".join(p for p in system_parts if p)
+        if not system:
+            return turns
+        if self.system_role:
+            return [{"role": "system", "content": system}, *turns]
+        first_user = next((i for i, m in enumerate(turns) if m["role"] == "user"), None)
+        if first_user is None:
+            return [{"role": "user", "content": system}, *turns]
+        opening = {**turns[first_user], "content": f"{system}\n\n{message_text(turns[first_user].get('content'))}"}
+        return [*turns[:first_user], opening, *turns[first_user + 1 :]]

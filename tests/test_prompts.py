@@ -40,3 +40,18 @@ def test_no_system_prompt_and_text_parts():
 def test_domain_from_the_router_is_used_in_the_template():
     out = prompt().format([{"role": "user", "content": "q"}], domain="science")
     assert out[-1]["content"] == "Question (science): q"
+
+
+def test_models_without_a_system_role_get_it_in_the_first_user_turn():
+    config = ExpertConfig(name="legal", domains=["legal"], backend="embedded", model="saul",
+                          system_prompt="You are a lawyer.", system_role=False)  # fmt: skip
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Is a verbal lease valid?"},
+        {"role": "assistant", "content": "Often, yes."},
+        {"role": "user", "content": "For how long?"},
+    ]
+    out = ExpertPrompt(config).format(messages)
+    assert [m["role"] for m in out] == ["user", "assistant", "user"]  # roles alternate, as Mistral demands
+    assert out[0]["content"] == "You are a lawyer.\n\nBe brief.\n\nIs a verbal lease valid?"
+    assert out[2]["content"] == "For how long?"

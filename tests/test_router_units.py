@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 
+import numpy as np
 import pytest
 
 from expertmesh.config import load_config
@@ -139,3 +140,34 @@ def test_single_turns_and_disabled_history_route_the_last_turn_alone():
     config = config.model_copy(update={"router": config.router.model_copy(update={"multi_turn": multi_turn})})
     decision = RoutingPolicy(KeywordClassifier(), config).route_messages(conversation("a symptom", "and for kids?"))
     assert (decision.domain, decision.conversation) == ("general", None)
+
+
+def test_a_domain_conversation_never_switches_to_general():
+    """Generic follow-ups ("why is that?") look like 'general'; even a confident one keeps the specialist."""
+    from router.policy import combine_turns
+
+    labels = KeywordClassifier.labels
+    medical, general = labels.index("medical"), labels.index("general")
+    last = np.full(len(labels), 0.01)
+    last[general] = 0.94
+    context = np.full(len(labels), 0.02)
+    context[medical] = 0.88
+    multi_turn = load_config().router.multi_turn
+    probabilities, conversation = combine_turns(last, context, multi_turn, labels)
+    assert (int(np.argmax(probabilities)), conversation) == (medical, "kept")
+    allowed = multi_turn.model_copy(update={"never_switch_to": []})
+    probabilities, conversation = combine_turns(last, context, allowed, labels)
+    assert (int(np.argmax(probabilities)), conversation) == (general, "switched")
+
+
+def test_never_switch_to_names_known_domains(tmp_path):
+    import yaml
+
+    from expertmesh.config import ConfigError, default_config_path
+
+    raw = yaml.safe_load(default_config_path().read_text())
+    raw["router"]["multi_turn"] = {"never_switch_to": ["astrology"]}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=r"router.multi_turn.never_switch_to: unknown domain\(s\) \['astrology'\]"):
+        load_config(path)
