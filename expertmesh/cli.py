@@ -12,12 +12,14 @@ from typing import Annotated
 import typer
 
 from expertmesh.cli_common import ConfigOption, fail, load_or_exit, stderr
+from expertmesh.cli_eval import eval_app
 from expertmesh.cli_experts import experts_app
 from expertmesh.cli_router import router_app
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 app.add_typer(router_app, name="router")
 app.add_typer(experts_app, name="experts")
+app.add_typer(eval_app, name="eval")
 
 
 @app.callback()

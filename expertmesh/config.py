@@ -37,7 +37,8 @@ class ConfigError(Exception):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # validate_default: defaults go through the validators too ("~" in a default path is expanded).
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
 class GenerationDefaults(_Strict):

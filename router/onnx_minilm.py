@@ -100,6 +100,10 @@ class OnnxSentenceModel:
 
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3  # the exported graph's harmless shape warnings
+        # ONNX Runtime's worker threads spin while waiting for work by default: on a machine that
+        # the gateway shares with model servers, that spinning takes their CPU.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         self._session = onnxruntime.InferenceSession(
             str(cached_model(model_dir, quantized)), options, providers=["CPUExecutionProvider"]
         )

@@ -32,7 +32,8 @@ def _last_user(messages: list[dict]) -> str:
     return ""
 
 
-def build_fake_app(models: list[str] | None = None) -> FastAPI:
+def build_fake_app(models: list[str] | None = None, delay_s: float = 0.0) -> FastAPI:
+    """delay_s: a delay for every answer without its own [sleep=S] marker."""
     app = FastAPI()
     app.state.requests = []  # every body received, for assertions
 
@@ -54,7 +55,7 @@ def build_fake_app(models: list[str] | None = None) -> FastAPI:
         if status := STATUS.search(query):
             code = int(status.group(1))
             return JSONResponse({"error": {"message": f"fake failure {code}", "type": "fake", "code": code}}, code)
-        delay = float(SLEEP.search(query).group(1)) if SLEEP.search(query) else 0.0
+        delay = float(SLEEP.search(query).group(1)) if SLEEP.search(query) else delay_s
         answer = f"[{body['model']}] {query}"
         usage = {"prompt_tokens": 7, "completion_tokens": len(answer.split()), "total_tokens": 7 + len(answer.split())}
         if body.get("stream"):

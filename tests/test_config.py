@@ -98,3 +98,11 @@ def test_cli_reports_a_missing_router_artifact(tmp_path):
     result = CliRunner().invoke(app, ["route", "hello", "--router", str(tmp_path)])
     assert result.exit_code == 2
     assert "expertmesh router train" in result.output and "Traceback" not in result.output
+
+
+def test_default_paths_are_expanded_too():
+    """A default "~/..." that skipped its validator would create a directory named "~" in the cwd."""
+    from expertmesh.config import EmbeddedConfig, RouterConfig, VllmConfig
+
+    for path in (RouterConfig().artifact, EmbeddedConfig().cache_dir, VllmConfig().log_dir):
+        assert "~" not in str(path) and path.is_absolute()

@@ -73,9 +73,24 @@ def test_max_tokens_and_stop(embedded_url):
 
 
 @pytest.mark.slow
+def test_logprobs_are_the_models_greedy_choices(embedded_url):
+    """As vLLM: each token's logprob and its top alternatives; greedy picks the most likely."""
+    body = ask(embedded_url, max_tokens=6, logprobs=True, top_logprobs=3).json()
+    content = body["choices"][0]["logprobs"]["content"]
+    assert len(content) == body["usage"]["completion_tokens"] == 6
+    assert "".join(entry["token"] for entry in content) == body["choices"][0]["message"]["content"]
+    for entry in content:
+        top = entry["top_logprobs"]
+        assert len(top) == 3 and top[0]["token"] == entry["token"] and top[0]["logprob"] == entry["logprob"]
+        assert entry["logprob"] <= 0 and top[0]["logprob"] >= top[1]["logprob"] >= top[2]["logprob"]
+    assert ask(embedded_url, max_tokens=2).json()["choices"][0]["logprobs"] is None
+
+
+@pytest.mark.slow
 def test_refuses_what_it_cannot_do(embedded_url):
     assert ask(embedded_url, model="gpt-17").status_code == 404
-    assert ask(embedded_url, logprobs=True).status_code == 400
+    assert ask(embedded_url, logprobs=True, stream=True).status_code == 400
+    assert ask(embedded_url, top_logprobs=2).status_code == 400  # without logprobs: true
     assert ask(embedded_url, n=2).status_code == 400
     assert httpx.get(f"{embedded_url}/v1/models").json()["data"][0]["id"] == SERVED_MODEL_NAME
 

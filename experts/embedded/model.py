@@ -24,6 +24,7 @@ class SamplingParams:
     top_p: float = 1.0
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
+    top_logprobs: int | None = None  # None: no logprobs; k: each token's logprob and the top k
 
 
 @dataclass
@@ -33,6 +34,7 @@ class Generation:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     finish_reason: str = "stop"
+    logprobs: list[dict] | None = None  # OpenAI's choices[].logprobs.content, when asked for
 
 
 class StopBuffer:
@@ -122,6 +124,8 @@ class EmbeddedChatModel:
         )
         if sampling:
             kwargs.update(temperature=params.temperature, top_p=params.top_p)
+        if params.top_logprobs is not None:  # the raw logits: logprobs of the model, before sampling warpers
+            kwargs.update(output_logits=True, return_dict_in_generate=True)
         output: dict = {}
 
         def run() -> None:
@@ -153,7 +157,24 @@ class EmbeddedChatModel:
             thread.join()
         if "error" in output:
             raise output["error"]
-        ids = output.get("ids")
+        generated = output.get("ids")
+        ids = getattr(generated, "sequences", generated)
         result.completion_tokens = int(ids.shape[1] - prompt_len) if ids is not None else 0
+        if params.top_logprobs is not None and ids is not None:
+            result.logprobs = self._logprobs(ids[0, prompt_len:], generated.logits, params.top_logprobs)
         hit_length = result.completion_tokens >= params.max_tokens and not stops.stopped
         result.finish_reason = "length" if hit_length else "stop"
+
+    def _logprobs(self, token_ids, step_logits, top: int) -> list[dict]:
+        """OpenAI's logprobs entries: each generated token, its logprob, and the top alternatives."""
+        entries = []
+        for token_id, logits in zip(token_ids.tolist(), step_logits):
+            logprobs = self._torch.log_softmax(logits[0].float(), dim=-1)
+            alternatives = self._torch.topk(logprobs, top).indices.tolist() if top else []
+            entries.append({**self._token_entry(token_id, logprobs),
+                            "top_logprobs": [self._token_entry(i, logprobs) for i in alternatives]})  # fmt: skip
+        return entries
+
+    def _token_entry(self, token_id: int, logprobs) -> dict:
+        text = self.tokenizer.decode([token_id])
+        return {"token": text, "logprob": float(logprobs[token_id]), "bytes": list(text.encode())}

@@ -43,6 +43,7 @@ class _ChatRequest(BaseModel):
     seed: int | None = None
     n: int = Field(default=1, ge=1, le=1)
     logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
 
 
 def _error(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
@@ -68,13 +69,16 @@ class EmbeddedServer:
             top_p=request.top_p,
             stop=stop,
             seed=request.seed,
+            top_logprobs=(request.top_logprobs or 0) if request.logprobs else None,
         )
 
     def _check(self, request: _ChatRequest) -> JSONResponse | None:
         if request.model not in self.names:
             return _error(404, f"The model `{request.model}` does not exist. Served: {self.names}", "NotFoundError")
-        if request.logprobs:
-            return _error(400, "logprobs are not supported by the embedded backend")
+        if request.logprobs and request.stream:
+            return _error(400, "logprobs are supported without stream only by the embedded backend")
+        if request.top_logprobs and not request.logprobs:
+            return _error(400, "top_logprobs needs logprobs: true")
         return None
 
     async def complete(self, request: _ChatRequest) -> Response:
@@ -102,7 +106,7 @@ class EmbeddedServer:
                     {
                         "index": 0,
                         "message": {"role": "assistant", "content": text},
-                        "logprobs": None,
+                        "logprobs": {"content": result.logprobs} if result.logprobs is not None else None,
                         "finish_reason": result.finish_reason,
                     }
                 ],
