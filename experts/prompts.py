@@ -14,7 +14,7 @@ from typing import Any
 from langchain_core.prompts import PromptTemplate
 
 from expertmesh.config import ExpertConfig
-from router.text import message_text
+from expertmesh.messages import message_text
 
 SYSTEM_ROLES = {"system", "developer"}
 

@@ -19,8 +19,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from expertmesh.messages import message_text
 from experts.embedded.model import EmbeddedChatModel, Generation, SamplingParams
-from router.text import message_text
 
 
 class _Message(BaseModel):
