@@ -151,6 +151,22 @@ class RouterConfig(_Strict):
         return path.expanduser()
 
 
+class FanoutConfig(_Strict):
+    """Several experts for one routed request: how many, how long, and how their answers combine.
+    A request can override any of these in its "expertmesh" field."""
+
+    enabled: bool = False  # off: one expert per request (the router's top domain, or the fallback)
+    # Dynamic top-p: the smallest set of experts whose router probabilities sum to top_p.
+    top_p: float = Field(default=0.8, gt=0, le=1)
+    max_experts: int = Field(default=3, ge=1)
+    strategy: Literal["synthesize", "best", "all"] = "synthesize"
+    aggregator: str | None = None  # the expert that synthesises; unset: router.fallback_expert
+    expert_timeout_s: float = Field(default=60, gt=0)  # an expert slower than this is left out
+    # Split a question into per-domain parts (sentences routed to different domains), each asked
+    # of its expert, then merged by the aggregator.
+    decompose: bool = False
+
+
 class GatewayConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
@@ -205,6 +221,7 @@ class Config(_Strict):
     gateway: GatewayConfig = GatewayConfig()
     embedded: EmbeddedConfig = EmbeddedConfig()
     vllm: VllmConfig = VllmConfig()
+    fanout: FanoutConfig = FanoutConfig()
 
     @model_validator(mode="after")
     def _check_cross_references(self) -> Config:
@@ -241,6 +258,8 @@ class Config(_Strict):
                 f"expected one of {names}"
             )
         self._check_shared_servers()
+        if self.fanout.aggregator is not None and self.fanout.aggregator not in names:
+            raise ValueError(f"fanout.aggregator: unknown expert '{self.fanout.aggregator}'; expected one of {names}")
         return self
 
     def _check_shared_servers(self) -> None:

@@ -66,7 +66,7 @@ def build_app(config: Config, policy: RoutingPolicy | None, experts: ExpertPool)
         await experts.aclose()
 
     app = FastAPI(title="expertmesh gateway", version="0.1.0", lifespan=lifespan)
-    app.state.service = ChatService(policy, experts, config.router.fallback_expert)
+    app.state.service = ChatService(policy, experts, config.router.fallback_expert, config.fanout)
     app.state.api_keys = [key.encode() for key in config.gateway.api_keys]
     app.add_middleware(BodySizeLimit, max_bytes=config.gateway.max_body_bytes)
     _add_error_handlers(app)
@@ -74,7 +74,7 @@ def build_app(config: Config, policy: RoutingPolicy | None, experts: ExpertPool)
     @app.post("/v1/chat/completions", dependencies=[Authenticated])
     async def chat_completions(request: Request, service: Service) -> Response:
         """Answer a chat request with the routed (model "auto") or the named expert."""
-        return await service.chat(await _parse(request, ChatCompletionRequest))
+        return await service.chat(await _parse(request, ChatCompletionRequest), request.is_disconnected)
 
     @app.post("/v1/route", dependencies=[Authenticated])
     async def route(request: Request, service: Service) -> Response:

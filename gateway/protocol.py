@@ -31,6 +31,18 @@ class ChatMessage(BaseModel):
         return self
 
 
+class FanoutOptions(BaseModel):
+    """The request's own fan-out settings (the "expertmesh" field); unset ones come from the config."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    fanout: bool | None = None
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    max_experts: int | None = Field(default=None, ge=1, le=8)
+    strategy: Literal["synthesize", "best", "all"] | None = None
+    decompose: bool | None = None
+
+
 class ChatCompletionRequest(BaseModel):
     """The fields the gateway checks; any other field is passed to the expert unchanged."""
 
@@ -52,10 +64,11 @@ class ChatCompletionRequest(BaseModel):
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     user: str | None = None
+    expertmesh: FanoutOptions | None = None  # the gateway's own options; never sent to an expert
 
     def upstream_fields(self) -> dict[str, Any]:
-        """The request as a dict for the expert, without the gateway's own `model`."""
-        body = self.model_dump(exclude={"model"}, exclude_none=True)
+        """The request as a dict for the expert, without the gateway's own `model` and options."""
+        body = self.model_dump(exclude={"model", "expertmesh"}, exclude_none=True)
         body["messages"] = [m.model_dump(exclude_none=True) for m in self.messages]
         return body
 

@@ -10,11 +10,12 @@ from contextlib import AsyncExitStack
 import orjson
 from fastapi.responses import Response, StreamingResponse
 
-from expertmesh.config import AUTO_MODEL
+from expertmesh.config import AUTO_MODEL, FanoutConfig
 from experts.client import ExpertClient
 from experts.errors import ExpertError, ExpertUnavailable
 from experts.pool import ExpertPool
 from gateway.errors import APIError, from_expert_error
+from gateway.fanout import Disconnected, FanoutResponder, FanoutSettings, plan_assignments
 from gateway.protocol import ChatCompletionRequest
 from router.batching import MicroBatcher
 from router.decision import RoutingDecision
@@ -39,12 +40,19 @@ def _sse_error(error: APIError) -> bytes:
     return b"data: " + orjson.dumps(error.body()) + b"\n\n" + DONE_LINE + b"\n\n"
 
 
+async def _never() -> bool:
+    return False
+
+
 class ChatService:
-    def __init__(self, policy: RoutingPolicy | None, experts: ExpertPool, fallback_expert: str) -> None:
+    def __init__(self, policy: RoutingPolicy | None, experts: ExpertPool, fallback_expert: str,
+                 fanout: FanoutConfig = FanoutConfig()) -> None:  # fmt: skip
         self.policy = policy
         self.batcher = MicroBatcher(policy.classifier) if policy is not None else None
         self.experts = experts
         self.fallback_expert = fallback_expert
+        self.fanout_config = fanout
+        self.fanout = FanoutResponder(experts)
 
     @property
     def model_ids(self) -> list[str]:
@@ -74,8 +82,16 @@ class ChatService:
             )
         return RoutingDecision(expert=request.model, routed_by="explicit")
 
-    async def chat(self, request: ChatCompletionRequest) -> Response:
+    async def chat(self, request: ChatCompletionRequest, disconnected: Disconnected = _never) -> Response:
+        """disconnected(): whether the client has gone away (a fan-out then stops asking)."""
         decision = await self.decide(request)
+        if request.model == AUTO_MODEL and decision.scores:
+            settings = FanoutSettings.merge(self.fanout_config, self.fallback_expert, request.expertmesh)
+            if settings.enabled:
+                messages = request.upstream_fields()["messages"]
+                assignments = plan_assignments(self.policy, decision, messages, settings)
+                if len(assignments) > 1:
+                    return await self.fanout.respond(request, decision, assignments, settings, disconnected)
         client = self.experts.get(decision.expert)
         assert client is not None  # the config guarantees every routed expert exists
         body = client.request_body(request.upstream_fields(), decision.domain)

@@ -113,13 +113,13 @@ class TextEncoder:
 
 def _onnx_runtime(quantized: bool) -> Callable[[TextEncoder], Callable[[list[str]], np.ndarray]]:
     def build(encoder: TextEncoder) -> Callable[[list[str]], np.ndarray]:
-        from router.onnx_minilm import OnnxSentenceModel
+        from router.onnx_minilm import OnnxModel
 
-        model = OnnxSentenceModel(minilm_path(), quantized)
+        model = OnnxModel(minilm_path(), quantized)
 
         def forward(texts: list[str]) -> np.ndarray:
             batch = encoder._tokenize(texts)
-            return model.embed(batch["input_ids"], batch["attention_mask"])
+            return model.run(batch["input_ids"], batch["attention_mask"])
 
         return forward
 

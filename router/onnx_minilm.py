@@ -1,9 +1,10 @@
-"""MiniLM sentence embeddings through ONNX Runtime: the same numbers as sentence-transformers
-(mean pooling, L2 normalisation), ~2.5x faster on CPU; with int8 weights ~5x faster, at a small
-cost in accuracy (BENCHMARKS.md has both, measured side by side).
+"""MiniLM through ONNX Runtime: sentence embeddings with the same numbers as
+sentence-transformers (mean pooling, L2 normalisation), or a fine-tuned classifier's logits,
+~2.5x faster than torch on CPU; with int8 weights ~5x faster, at a small cost in accuracy
+(BENCHMARKS.md has both, measured side by side).
 
-The ONNX graph is exported from the packaged MiniLM once and cached (a few seconds); the
-export needs torch, inference only onnxruntime.
+The ONNX graph is exported from the model folder once and cached (a few seconds); the export
+needs torch, inference only onnxruntime.
 """
 
 from __future__ import annotations
@@ -19,15 +20,21 @@ ONNX_CACHE = Path("~/.cache/expertmesh/onnx")
 OPSET = 17
 
 
-def cached_model(model_dir: str, quantized: bool, cache: Path = ONNX_CACHE) -> Path:
+HEADS = ("mean_pooled", "logits")  # a sentence embedding, or a sequence classifier's logits
+
+
+def cached_model(model_dir: str, quantized: bool, head: str = "mean_pooled", cache: Path = ONNX_CACHE) -> Path:
     """The path of the exported (and, if asked, int8-quantised) graph, exported on first use."""
     import onnxruntime
 
-    key = hashlib.sha256(f"{model_dir}|{onnxruntime.__version__}".encode()).hexdigest()[:12]
+    # The weights' size and time stamp are in the key: a model retrained in place is exported again.
+    weights = sorted(Path(model_dir).glob("*.safetensors")) + sorted(Path(model_dir).glob("*.bin"))
+    stamp = [(w.name, w.stat().st_size, w.stat().st_mtime_ns) for w in weights]
+    key = hashlib.sha256(f"{model_dir}|{stamp}|{head}|{onnxruntime.__version__}".encode()).hexdigest()[:12]
     folder = cache.expanduser()
     fp32 = folder / f"minilm-{key}.onnx"
     if not fp32.exists():
-        _atomic_write(fp32, lambda tmp: _export(model_dir, tmp))
+        _atomic_write(fp32, lambda tmp: _export(model_dir, tmp, head))
     if not quantized:
         return fp32
     int8 = folder / f"minilm-{key}-int8.onnx"
@@ -49,11 +56,19 @@ def _atomic_write(target: Path, write) -> None:
             os.unlink(tmp)
 
 
-def _export(model_dir: str, target: Path) -> None:
+def _export(model_dir: str, target: Path, head: str) -> None:
     import warnings
 
     import torch
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+
+    class Logits(torch.nn.Module):
+        def __init__(self, model) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask):
+            return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
 
     class MeanPooled(torch.nn.Module):
         """MiniLM + the sentence-transformers head (mean over real tokens, then L2 norm)."""
@@ -69,7 +84,10 @@ def _export(model_dir: str, target: Path) -> None:
             return torch.nn.functional.normalize(pooled, dim=-1)
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    module = MeanPooled(AutoModel.from_pretrained(model_dir).eval()).eval()
+    if head == "logits":
+        module = Logits(AutoModelForSequenceClassification.from_pretrained(model_dir).eval()).eval()
+    else:
+        module = MeanPooled(AutoModel.from_pretrained(model_dir).eval()).eval()
     sample = tokenizer(["an example sentence"], return_tensors="pt")
     dynamic = {
         "input_ids": {0: "batch", 1: "tokens"},
@@ -80,7 +98,7 @@ def _export(model_dir: str, target: Path) -> None:
         warnings.simplefilter("ignore")  # the tracer's notes on shape-dependent Python branches
         torch.onnx.export(
             module, (sample["input_ids"], sample["attention_mask"]), str(target),
-            input_names=["input_ids", "attention_mask"], output_names=["embedding"],
+            input_names=["input_ids", "attention_mask"], output_names=["output"],
             dynamic_axes=dynamic, opset_version=OPSET, dynamo=False,
         )  # fmt: skip
 
@@ -91,11 +109,11 @@ def _quantize(source: Path, target: Path) -> None:
     quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
 
 
-class OnnxSentenceModel:
-    """Embeds tokenised batches with an ONNX Runtime session (thread-safe: run() may be called
+class OnnxModel:
+    """Runs tokenised batches through an ONNX Runtime session (thread-safe: run() may be called
     concurrently; the tokenizer is the caller's to guard)."""
 
-    def __init__(self, model_dir: str, quantized: bool = False) -> None:
+    def __init__(self, model_dir: str, quantized: bool = False, head: str = "mean_pooled") -> None:
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
@@ -105,9 +123,9 @@ class OnnxSentenceModel:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         self._session = onnxruntime.InferenceSession(
-            str(cached_model(model_dir, quantized)), options, providers=["CPUExecutionProvider"]
+            str(cached_model(model_dir, quantized, head)), options, providers=["CPUExecutionProvider"]
         )
 
-    def embed(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         feeds = {"input_ids": input_ids.astype(np.int64), "attention_mask": attention_mask.astype(np.int64)}
         return self._session.run(None, feeds)[0]

@@ -36,6 +36,8 @@ def build_fake_app(models: list[str] | None = None, delay_s: float = 0.0) -> Fas
     """delay_s: a delay for every answer without its own [sleep=S] marker."""
     app = FastAPI()
     app.state.requests = []  # every body received, for assertions
+    app.state.per_model = {}  # model -> {"delay": s, "status": code, "answer": text}: set by tests
+    app.state.disconnects = 0  # requests whose client went away while the fake was still "thinking"
 
     @app.get("/health")
     @app.get("/v1/health")
@@ -52,17 +54,23 @@ def build_fake_app(models: list[str] | None = None, delay_s: float = 0.0) -> Fas
         body = orjson.loads(await request.body())
         app.state.requests.append(body)
         query = _last_user(body["messages"])
-        if status := STATUS.search(query):
-            code = int(status.group(1))
+        rule = app.state.per_model.get(body.get("model"), {})
+        if rule.get("status") or (status := STATUS.search(query)):
+            code = int(rule.get("status") or status.group(1))
             return JSONResponse({"error": {"message": f"fake failure {code}", "type": "fake", "code": code}}, code)
-        delay = float(SLEEP.search(query).group(1)) if SLEEP.search(query) else delay_s
-        answer = f"[{body['model']}] {query}"
+        delay = float(SLEEP.search(query).group(1)) if SLEEP.search(query) else rule.get("delay", delay_s)
+        answer = rule.get("answer") or f"[{body['model']}] {query}"
         usage = {"prompt_tokens": 7, "completion_tokens": len(answer.split()), "total_tokens": 7 + len(answer.split())}
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             return StreamingResponse(_stream(body["model"], answer, delay, usage if include_usage else None),
                                      media_type="text/event-stream")
-        await asyncio.sleep(delay)
+        deadline = time.monotonic() + delay
+        while time.monotonic() < deadline:  # sleep, but notice a client that gives up
+            await asyncio.sleep(min(0.02, max(deadline - time.monotonic(), 0)))
+            if await request.is_disconnected():
+                app.state.disconnects += 1
+                return Response(status_code=499)
         return JSONResponse({
             "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()), "model": body["model"],
             "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "logprobs": None,
