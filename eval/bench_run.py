@@ -2,7 +2,9 @@
 
 Systems are views over answers: `routed` (the router's expert), `oracle` (the expert of the
 item's gold domain), `general` (the fallback expert alone), `random` (a seeded random expert),
-`expert:NAME` (that expert alone). An answer depends only on (item, expert, scoring mode), so a
+`expert:NAME` (that expert alone), `top-p` (the dynamic top-p set of experts, combined with the
+config's fan-out strategy, `synthesize` by default: issue #6's fan-out, here in-process). An
+answer depends only on (item, expert, scoring mode), so a
 question that routed and oracle send to the same expert is asked once; every answer is stored
 durably as it arrives (eval/answer_store.py) and a rerun asks only for what is missing.
 
@@ -27,6 +29,7 @@ from eval.answer_store import AnswerStore, answer_key
 from eval.answers import choice_from_logprobs, score
 from eval.bench_tasks import Item, TaskSpec, all_suites, all_tasks, data_fingerprint, load_items
 from router.policy import RoutingPolicy
+from router.top_p import select_experts
 
 MANIFEST_FILE = "run.json"
 MODES = ("generate", "likelihood")
@@ -75,7 +78,9 @@ SYSTEMS: dict[str, Callable[[Item, dict, Config, int], str]] = {
     "oracle": lambda item, route, config, seed: config.expert_for_domain()[item.domain],
     "general": lambda item, route, config, seed: config.router.fallback_expert,
     "random": lambda item, route, config, seed: _random_expert(item, [e.name for e in config.experts], seed),
+    "top-p": lambda item, route, config, seed: TOP_P_RESPONDER,
 }
+TOP_P_RESPONDER = "top-p"  # not an expert: the fan-out of eval/bench_run.ask_top_p
 
 
 def check_systems(systems: list[str], config: Config) -> list[str]:
@@ -117,7 +122,8 @@ def make_plan(settings: RunSettings, config: Config, policy: RoutingPolicy, syst
     for item in items:
         modes = [m for m in settings.modes if m == "generate" or item.kind == "multiple_choice"]
         wanted = {responders[system][Plan.item_key(item)] for system in systems}
-        jobs += [(item, responder, mode) for responder in sorted(wanted) for mode in modes]
+        for responder in sorted(wanted):  # a fan-out's combined answer has no likelihood to read
+            jobs += [(item, responder, mode) for mode in modes if responder != TOP_P_RESPONDER or mode == "generate"]
     return Plan(items, routes, responders, jobs)
 
 
@@ -131,11 +137,36 @@ def request_for(item: Item, mode: str, seed: int) -> dict[str, Any]:
     return {**request, "max_tokens": item.max_tokens}
 
 
-async def ask(item: Item, responder: str, mode: str, settings: RunSettings, pool, gateway) -> dict[str, Any]:
+async def ask_top_p(item: Item, route: dict, request: dict, config: Config, pool) -> dict[str, Any]:
+    """The gateway's fan-out, in-process: the top-p experts' answers combined by the config's strategy."""
+    from experts.fanout import DIRECT_STRATEGIES, Assignment, ask_experts, synthesize
+
+    fanout = config.fanout
+    chosen = select_experts(route["scores"], config.expert_for_domain(), fanout.top_p, fanout.max_experts)
+    if len(chosen) < 2:  # one expert is enough: what the gateway does too
+        client = pool.get(route["expert"])
+        return await client.complete(client.request_body(request))
+    assignments = [Assignment(expert, score, request["messages"]) for expert, score in chosen]
+    answers = await ask_experts(pool, assignments, request, fanout.expert_timeout_s)
+    usages = [a.usage for a in answers]
+    if fanout.strategy in DIRECT_STRATEGIES:
+        text = DIRECT_STRATEGIES[fanout.strategy](answers)
+    else:
+        text, usage = await synthesize(pool, fanout.aggregator or config.router.fallback_expert, item.prompt, answers, request)
+        usages.append(usage)
+    total = {k: sum(u.get(k, 0) for u in usages) for k in ("prompt_tokens", "completion_tokens")}
+    return {"choices": [{"message": {"content": text}}], "usage": total,
+            "expertmesh": {"expert": "+".join(a.expert for a in answers if a.status == "answered")}}  # fmt: skip
+
+
+async def ask(item: Item, responder: str, mode: str, settings: RunSettings, pool, gateway, route: dict,
+              config: Config) -> dict[str, Any]:  # fmt: skip
     """One answer as a record for the store."""
     request = request_for(item, mode, settings.seed)
     start = time.perf_counter()
-    if responder == "gateway":
+    if responder == TOP_P_RESPONDER:
+        answer = await ask_top_p(item, route, request, config, pool)
+    elif responder == "gateway":
         answer = (await gateway.chat.completions.with_raw_response.create(model="auto", **request)).http_response.json()
     else:
         client = pool.get(responder)
@@ -159,7 +190,8 @@ async def ask(item: Item, responder: str, mode: str, settings: RunSettings, pool
     }  # fmt: skip
 
 
-async def answer_all(plan: Plan, store: AnswerStore, settings: RunSettings, pool, gateway, on_done: Callable[[bool], None]) -> list[str]:
+async def answer_all(plan: Plan, store: AnswerStore, settings: RunSettings, config: Config, pool, gateway,
+                     on_done: Callable[[bool], None]) -> list[str]:  # fmt: skip
     """Ask every job not in the store yet, `concurrency` at a time; returns the failures."""
     semaphore = asyncio.Semaphore(settings.concurrency)
     failures: list[str] = []
@@ -167,7 +199,8 @@ async def answer_all(plan: Plan, store: AnswerStore, settings: RunSettings, pool
     async def run(item: Item, responder: str, mode: str) -> None:
         async with semaphore:
             try:
-                store.put(await ask(item, responder, mode, settings, pool, gateway))
+                route = plan.routes[Plan.item_key(item)]
+                store.put(await ask(item, responder, mode, settings, pool, gateway, route, config))
                 on_done(True)
             except Exception as exc:  # one failed answer must not end the run: it is retried next time
                 failures.append(f"{item.task}/{item.id} by {responder} ({mode}): {exc}")

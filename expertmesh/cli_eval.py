@@ -40,7 +40,7 @@ def list_tasks() -> None:
 def run(
     suite: Annotated[str, typer.Option(help="A suite (or a single task) from `expertmesh eval ls`.")],
     config: ConfigOption = None,
-    systems: Annotated[str, typer.Option(help="Comma-separated: routed, oracle, general, random, expert:NAME, experts (each alone).")] = "routed,oracle,general,random",
+    systems: Annotated[str, typer.Option(help="Comma-separated: routed, oracle, general, random, top-p (fan-out), expert:NAME, experts (each alone).")] = "routed,oracle,general,random",
     limit: Annotated[int | None, typer.Option(min=1, help="Items per task (default: the suite's).")] = None,
     out: Annotated[Path | None, typer.Option(help="Run folder (default: eval-runs/<suite>-seed<seed>).")] = None,
     concurrency: Annotated[int, typer.Option(min=1, help="Requests to experts in flight at once.")] = 4,
@@ -85,7 +85,7 @@ def _answer(plan, folder: Path, settings, cfg) -> list[str]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from eval.answer_store import AnswerStore, answer_key
-    from eval.bench_run import answer_all
+    from eval.bench_run import TOP_P_RESPONDER, answer_all
     from experts.embedded.process import EmbeddedServerProcess
     from experts.pool import ExpertPool
 
@@ -94,6 +94,8 @@ def _answer(plan, folder: Path, settings, cfg) -> list[str]:
     if store.torn_lines:
         stderr.print(f"{store.torn_lines} answer line(s) cut short by an interruption: asked again")
     responders = {responder for _, responder, _ in plan.jobs}
+    if TOP_P_RESPONDER in responders:  # a fan-out may ask any expert
+        responders |= {e.name for e in cfg.experts}
     embedded = sorted({e.model for e in cfg.experts if e.is_embedded and e.name in responders})
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()]
     with ExitStack() as stack, Progress(*columns, console=stderr) as progress:
@@ -111,7 +113,7 @@ def _answer(plan, folder: Path, settings, cfg) -> list[str]:
             pool = ExpertPool(cfg, embedded_url) if embedded_url or not needs_embedded else None
             gateway = openai.AsyncOpenAI(base_url=settings.gateway_url, api_key="none", max_retries=0, timeout=600) if settings.gateway_url else None
             try:
-                return await answer_all(plan, store, settings, pool, gateway, lambda ok: progress.advance(task))
+                return await answer_all(plan, store, settings, cfg, pool, gateway, lambda ok: progress.advance(task))
             finally:
                 if pool is not None:
                     await pool.aclose()

@@ -38,7 +38,7 @@ def fake_run_config(trained_router, tmp_path):
 
 def run_args(config, out, *more):
     return ["eval", "run", "--suite", "smoke", "--limit", "2", "--config", str(config), "--out", str(out),
-            "--systems", "routed,oracle,general,random,expert:code", "--scoring", "generate", *more]  # fmt: skip
+            "--systems", "routed,oracle,general,random,expert:code,top-p", "--scoring", "generate", *more]  # fmt: skip
 
 
 def lines(path):
@@ -52,7 +52,7 @@ def test_a_run_writes_a_report_with_every_system_and_domain(fake_run_config, tmp
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     systems = {v["system"] for v in report["systems"].values()}
-    assert systems == {"routed", "oracle", "general", "random", "expert:code"}
+    assert systems == {"routed", "oracle", "general", "random", "expert:code", "top-p"}
     domains = {"medical", "legal", "finance", "code", "math", "science", "general"}
     for name in ("routed", "oracle", "general", "random"):
         summary = report["systems"][f"{name}/generate"]
