@@ -173,6 +173,9 @@ class GatewayConfig(_Strict):
     # Empty: no authentication. Otherwise clients send "Authorization: Bearer <key>".
     api_keys: list[str] = Field(default_factory=list)
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    # Model names that clients send -> "auto" or an expert: for clients with a fixed model name
+    # (e.g. {"gpt-4o": "auto"}).
+    model_aliases: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("api_keys")
     @classmethod
@@ -258,6 +261,9 @@ class Config(_Strict):
                 f"expected one of {names}"
             )
         self._check_shared_servers()
+        for alias, target in self.gateway.model_aliases.items():
+            if target != AUTO_MODEL and target not in names:
+                raise ValueError(f"gateway.model_aliases.{alias}: unknown target '{target}'; expected 'auto' or one of {names}")
         if self.fanout.aggregator is not None and self.fanout.aggregator not in names:
             raise ValueError(f"fanout.aggregator: unknown expert '{self.fanout.aggregator}'; expected one of {names}")
         return self

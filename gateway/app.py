@@ -66,7 +66,7 @@ def build_app(config: Config, policy: RoutingPolicy | None, experts: ExpertPool)
         await experts.aclose()
 
     app = FastAPI(title="expertmesh gateway", version="0.1.0", lifespan=lifespan)
-    app.state.service = ChatService(policy, experts, config.router.fallback_expert, config.fanout)
+    app.state.service = ChatService(policy, experts, config.router.fallback_expert, config.fanout, config.gateway.model_aliases)
     app.state.api_keys = [key.encode() for key in config.gateway.api_keys]
     app.add_middleware(BodySizeLimit, max_bytes=config.gateway.max_body_bytes)
     _add_error_handlers(app)

@@ -46,17 +46,18 @@ async def _never() -> bool:
 
 class ChatService:
     def __init__(self, policy: RoutingPolicy | None, experts: ExpertPool, fallback_expert: str,
-                 fanout: FanoutConfig = FanoutConfig()) -> None:  # fmt: skip
+                 fanout: FanoutConfig = FanoutConfig(), model_aliases: dict[str, str] | None = None) -> None:  # fmt: skip
         self.policy = policy
         self.batcher = MicroBatcher(policy.classifier) if policy is not None else None
         self.experts = experts
         self.fallback_expert = fallback_expert
         self.fanout_config = fanout
         self.fanout = FanoutResponder(experts)
+        self.model_aliases = model_aliases or {}
 
     @property
     def model_ids(self) -> list[str]:
-        return [AUTO_MODEL, *self.experts.names]
+        return [AUTO_MODEL, *self.experts.names, *self.model_aliases]
 
     async def route(self, messages: list[dict]) -> RoutingDecision:
         """The router's decision for a conversation (its last user turn, in context)."""
@@ -84,6 +85,8 @@ class ChatService:
 
     async def chat(self, request: ChatCompletionRequest, disconnected: Disconnected = _never) -> Response:
         """disconnected(): whether the client has gone away (a fan-out then stops asking)."""
+        if request.model in self.model_aliases:
+            request = request.model_copy(update={"model": self.model_aliases[request.model]})
         decision = await self.decide(request)
         if request.model == AUTO_MODEL and decision.scores:
             settings = FanoutSettings.merge(self.fanout_config, self.fallback_expert, request.expertmesh)

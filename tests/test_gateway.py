@@ -7,7 +7,10 @@ import json
 import httpx
 import pytest
 
-from tests.conftest import fake_config, running_gateway
+from experts.pool import ExpertPool
+from gateway.app import build_app
+from router.policy import RoutingPolicy
+from tests.conftest import KeywordClassifier, fake_config, running_gateway, serve_in_thread
 
 
 def chat(url: str, payload: dict | bytes | str, **kwargs) -> httpx.Response:
@@ -184,3 +187,27 @@ def test_follow_up_in_a_conversation_stays_with_its_expert(gateway_url):
     body = chat(gateway_url, {"model": "auto", "messages": messages}).json()
     assert body["expertmesh"]["expert"] == "medical" and body["expertmesh"]["conversation"] == "kept"
     assert httpx.post(f"{gateway_url}/v1/route", json={"messages": messages}).json()["expert"] == "medical"
+
+
+def test_model_aliases_route_fixed_model_names(fake_expert):
+    url, _ = fake_expert
+    config = fake_config(url)
+    gateway = config.gateway.model_copy(update={"model_aliases": {"gpt-4o": "auto", "doctor": "medical"}})
+    config = config.model_copy(update={"gateway": gateway})
+    with serve_in_thread(build_app(config, RoutingPolicy(KeywordClassifier(), config), ExpertPool(config))) as gw:
+        routed = httpx.post(f"{gw}/v1/chat/completions", json={"model": "gpt-4o", "messages": [
+            {"role": "user", "content": "python question"}]}, timeout=10)  # fmt: skip
+        assert routed.headers["x-expertmesh-expert"] == "code" and routed.json()["expertmesh"]["routed_by"] == "router"
+        named = httpx.post(f"{gw}/v1/chat/completions", json={"model": "doctor", "messages": [
+            {"role": "user", "content": "python question"}]}, timeout=10)  # fmt: skip
+        assert named.headers["x-expertmesh-expert"] == "medical"
+        assert "gpt-4o" in [m["id"] for m in httpx.get(f"{gw}/v1/models").json()["data"]]
+
+
+def test_an_alias_to_an_unknown_expert_is_a_config_error():
+    from expertmesh.config import Config
+
+    raw = fake_config("http://127.0.0.1:9").model_dump(mode="json")
+    raw["gateway"]["model_aliases"] = {"gpt-4o": "oracle"}
+    with pytest.raises(ValueError, match="gateway.model_aliases.gpt-4o: unknown target 'oracle'"):
+        Config.model_validate(raw)
