@@ -94,7 +94,7 @@ def _routing(plan: dict) -> dict:
 
 def _oracle_gap(systems: dict) -> dict:
     gaps = {}
-    for key, oracle in systems.items():
+    for oracle in systems.values():
         if oracle["system"] != "oracle" or f"routed/{oracle['mode']}" not in systems:
             continue
         routed = systems[f"routed/{oracle['mode']}"]

@@ -24,10 +24,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from expertmesh.config import Config
 from eval.answer_store import AnswerStore, answer_key
 from eval.answers import choice_from_logprobs, score
 from eval.bench_tasks import Item, TaskSpec, all_suites, all_tasks, data_fingerprint, load_items
+from expertmesh.config import Config
 from router.policy import RoutingPolicy
 from router.top_p import select_experts
 
@@ -107,17 +107,24 @@ def suite_tasks(settings: RunSettings) -> tuple[list[TaskSpec], int | None]:
     raise RunError(f"unknown suite or task '{settings.suite}'; see `expertmesh eval ls`")
 
 
+def responder_for(system: str, item: Item, route: dict, config: Config, settings: RunSettings) -> str:
+    """Who answers `item` for `system`: an expert's name, "gateway" or the top-p fan-out."""
+    if system.startswith("expert:"):
+        return system.split(":", 1)[1]
+    if system == "routed" and settings.gateway_url:
+        return "gateway"
+    return SYSTEMS[system](item, route, config, settings.seed)
+
+
 def make_plan(settings: RunSettings, config: Config, policy: RoutingPolicy, systems: list[str]) -> Plan:
     specs, limit = suite_tasks(settings)
     items = [item for spec in specs for item in load_items(spec, limit, settings.seed)]
     decisions = policy.route_batch([item.prompt for item in items])
     routes = {Plan.item_key(item): decision.to_dict() for item, decision in zip(items, decisions)}
-    responders: dict[str, dict[str, str]] = {}
-    for system in systems:
-        pick = (lambda item, route, cfg, seed, name=system.split(":", 1)[1]: name) if system.startswith("expert:") else SYSTEMS[system]
-        if system == "routed" and settings.gateway_url:
-            pick = lambda item, route, cfg, seed: "gateway"  # noqa: E731
-        responders[system] = {Plan.item_key(i): pick(i, routes[Plan.item_key(i)], config, settings.seed) for i in items}
+    responders = {
+        system: {Plan.item_key(i): responder_for(system, i, routes[Plan.item_key(i)], config, settings) for i in items}
+        for system in systems
+    }
     jobs = []
     for item in items:
         modes = [m for m in settings.modes if m == "generate" or item.kind == "multiple_choice"]

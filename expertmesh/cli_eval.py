@@ -49,9 +49,9 @@ def run(
     gateway: Annotated[str | None, typer.Option(help="Base URL of a running gateway (…/v1): routed answers go through it.")] = None,
 ) -> None:
     """Run a suite: every system's answers, stored as they arrive (a rerun resumes), then the report."""
-    from expertmesh.routers import load_or_train_policy
     from eval.bench_run import MODES, RunError, RunSettings, check_systems, make_plan, suite_tasks, write_manifest
     from eval.bench_tasks import TaskError
+    from expertmesh.routers import load_or_train_policy
     from router.classifier import ArtifactError
 
     cfg = load_or_exit(config)
@@ -82,7 +82,14 @@ def _write_plan(folder: Path, plan, settings) -> None:
 
 
 def _answer(plan, folder: Path, settings, cfg) -> list[str]:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     from eval.answer_store import AnswerStore, answer_key
     from eval.bench_run import TOP_P_RESPONDER, answer_all

@@ -11,8 +11,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from expertmesh.config import Config
 from router.classifier import ArtifactError, load_classifier, read_manifest
-from router.policy import RoutingPolicy
 from router.finetune import FinetuneSettings, train_finetune
+from router.policy import RoutingPolicy
 from router.training import TrainResult, TrainSettings, current_fingerprint, train_embed_linear
 
 log = logging.getLogger(__name__)
