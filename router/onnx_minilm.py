@@ -122,6 +122,9 @@ class OnnxModel:
         # the gateway shares with model servers, that spinning takes their CPU.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        # As many threads as CPUs this process may run on (not the machine's count): a gateway
+        # pinned to one core would otherwise run two threads that take turns on it.
+        options.intra_op_num_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0
         self._session = onnxruntime.InferenceSession(
             str(cached_model(model_dir, quantized, head)), options, providers=["CPUExecutionProvider"]
         )
