@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
-
 
 def classification_metrics(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str]) -> dict:
     """Accuracy, macro-F1, per-domain precision/recall/F1/support and the confusion matrix.
@@ -13,10 +11,10 @@ def classification_metrics(y_true: Sequence[str], y_pred: Sequence[str], labels:
     Macro-F1 averages over the domains present in y_true, so a file that holds only
     some domains is not marked down for the ones it lacks.
     """
+    from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support  # not when serving
+
     labels = list(labels)
-    precision, recall, f1, support = precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, zero_division=0
-    )
+    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
     per_domain = {
         label: {
             "precision": round(float(p), 4),

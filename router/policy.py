@@ -13,7 +13,6 @@ from router.classifier import DomainClassifier
 from router.decision import Conversation, RoutingDecision
 from router.text import user_turns
 
-
 DEFAULT_THRESHOLD = 0.35  # for an artifact that chose none and a config that sets none
 
 

@@ -23,7 +23,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
 
 from router.augment import variant
 from router.calibration import (
@@ -102,6 +101,8 @@ def build_examples(data_dir: Path, domains: list[str], settings: TrainSettings) 
 
 def fit_linear(x: np.ndarray, y: np.ndarray, n_labels: int, settings: TrainSettings) -> tuple[np.ndarray, np.ndarray]:
     """Multinomial logistic regression; rows for labels absent from y get no probability mass."""
+    from sklearn.linear_model import LogisticRegression  # here: serving never trains, nor imports sklearn
+
     model = LogisticRegression(C=settings.regularization_c, max_iter=2000, class_weight="balanced").fit(x, y)
     coef = np.zeros((n_labels, x.shape[1]), dtype=np.float32)
     intercept = np.full(n_labels, -1e4, dtype=np.float32)
