@@ -1,11 +1,13 @@
 """An async OpenAI-compatible client per expert (what vLLM and the embedded server speak).
 
-It speaks the chat-completions wire format over one httpx connection pool per expert
+It speaks the chat-completions wire format over one aiohttp connection pool per expert
 (HTTP/1.1 keep-alive) and relays responses as raw bytes where possible: the gateway adds its
-routing decision to the JSON body and passes stream chunks through unchanged. It does not use
-the openai SDK on this path: profiled under load (BENCHMARKS.md, "Gateway speed"), the SDK's
-per-request parameter transformation took most of the gateway's own time per request, and a
-relay needs none of it (the body is already an OpenAI request).
+routing decision to the JSON body and passes stream chunks through unchanged.
+
+Why aiohttp and not the openai SDK or httpx: profiled under load (BENCHMARKS.md, "Gateway
+speed"), the SDK's per-request parameter transformation took most of the gateway's own time,
+and after it httpx's pool (httpcore on anyio) still took ~70% of it: the same relay spends
+0.95 ms of CPU per request on httpx and 0.25 ms on aiohttp, whose HTTP parser is C.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import httpx
+import aiohttp
 import orjson
 
 from expertmesh.config import ExpertConfig
@@ -24,14 +26,17 @@ from experts.prompts import ExpertPrompt
 
 CONNECT_TIMEOUT_S = 5.0
 JSON_HEADERS = {"content-type": "application/json", "accept": "application/json"}
+# aiohttp splits a stream into lines in a buffer of twice this size; an SSE line with
+# top_logprobs can be long, so allow lines up to 2 MiB.
+READ_BUFFER_BYTES = 1 << 20
 
 
 def _translate(expert: str, exc: Exception) -> ExpertError:
     if isinstance(exc, ExpertError):
         return exc
-    if isinstance(exc, (httpx.TimeoutException, asyncio.TimeoutError)):
+    if isinstance(exc, TimeoutError):  # aiohttp's timeouts are TimeoutErrors too
         return ExpertTimeout(expert, "did not answer in time")
-    if isinstance(exc, httpx.TransportError):
+    if isinstance(exc, aiohttp.ClientError):
         return ExpertUnavailable(expert, f"cannot reach the expert's server ({type(exc).__name__}: {exc})")
     return ExpertFailed(expert, f"unexpected error: {exc!r}")
 
@@ -63,24 +68,41 @@ def _error_message(content: bytes) -> str:
 
 
 class ExpertClient:
-    """Talks to one expert's OpenAI-compatible server; one connection pool per expert."""
+    """Talks to one expert's OpenAI-compatible server; one connection pool per expert.
+
+    The aiohttp session is made on first use, inside the event loop that uses it (a session
+    belongs to one loop; the pool is built before uvicorn starts its loop).
+    """
 
     def __init__(self, config: ExpertConfig, base_url: str) -> None:
         self.config = config
         self.name = config.name
         self.base_url = base_url
         self.prompt = ExpertPrompt(config)
-        headers = dict(JSON_HEADERS)
+        self._headers = dict(JSON_HEADERS)
         if config.api_key:
-            headers["authorization"] = f"Bearer {config.api_key}"
+            self._headers["authorization"] = f"Bearer {config.api_key}"
+        self._chat_url = base_url.rstrip("/") + "/chat/completions"
+        self._models_url = base_url.rstrip("/") + "/models"
         # No retries: a retry would double the latency of a slow expert; the caller decides.
-        self._client = httpx.AsyncClient(
-            base_url=base_url.rstrip("/") + "/",
-            headers=headers,
-            timeout=httpx.Timeout(config.timeout_s, connect=CONNECT_TIMEOUT_S),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
-        )
+        # sock_read bounds the wait for each piece of a stream; complete() also bounds the total.
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_S, sock_read=config.timeout_s)
+        self._session: aiohttp.ClientSession | None = None
+        self._session_loop: asyncio.AbstractEventLoop | None = None
         self._defaults = config.generation.model_dump(exclude_none=True)
+
+    def _http(self) -> aiohttp.ClientSession:
+        loop = asyncio.get_running_loop()
+        if self._session is None or self._session_loop is not loop:
+            self._session_loop = loop
+            self._session = aiohttp.ClientSession(
+                headers=self._headers,
+                timeout=self._timeout,
+                connector=aiohttp.TCPConnector(limit=0),  # no cap: the expert's server queues
+                cookie_jar=aiohttp.DummyCookieJar(),  # one user's cookies must not reach another's request
+                read_bufsize=READ_BUFFER_BYTES,
+            )
+        return self._session
 
     def request_body(self, request: dict[str, Any], domain: str | None = None) -> dict[str, Any]:
         """The body for this expert: its model, its prompt format, its generation defaults."""
@@ -95,13 +117,14 @@ class ExpertClient:
         """A non-streaming chat completion, as the JSON object the server returned."""
         try:
             async with asyncio.timeout(self.config.timeout_s):
-                response = await self._client.post("chat/completions", content=orjson.dumps({**body, "stream": False}))
+                async with self._http().post(self._chat_url, data=orjson.dumps({**body, "stream": False})) as response:
+                    status, content = response.status, await response.read()
         except Exception as exc:
             raise _translate(self.name, exc) from exc
-        if response.status_code >= 400:
-            raise _status_error(self.name, response.status_code, response.content)
+        if status >= 400:
+            raise _status_error(self.name, status, content)
         try:
-            return orjson.loads(response.content)
+            return orjson.loads(content)
         except orjson.JSONDecodeError as exc:
             raise ExpertFailed(self.name, "answered with a body that is not JSON") from exc
 
@@ -109,25 +132,27 @@ class ExpertClient:
     async def stream(self, body: dict[str, Any]) -> AsyncIterator[AsyncIterator[bytes]]:
         """Open a streaming completion; the connection and the status are checked on entry,
         so errors before the first chunk can still become an HTTP error status."""
-        request = self._client.build_request("POST", "chat/completions", content=orjson.dumps({**body, "stream": True}))
         try:
-            response = await self._client.send(request, stream=True)
+            response = await self._http().post(self._chat_url, data=orjson.dumps({**body, "stream": True}))
         except Exception as exc:
             raise _translate(self.name, exc) from exc
         try:
-            if response.status_code >= 400:
-                raise _status_error(self.name, response.status_code, await response.aread())
+            if response.status >= 400:
+                raise _status_error(self.name, response.status, await response.read())
             yield self._lines(response)
-        except httpx.HTTPError as exc:
+        except aiohttp.ClientError as exc:
             raise _translate(self.name, exc) from exc
         finally:
-            await response.aclose()
+            # Back to the pool if the stream was read to its end; closed otherwise (a client
+            # that went away mid-stream must not leave a half-read connection in the pool).
+            response.release()
 
-    async def _lines(self, response: httpx.Response) -> AsyncIterator[bytes]:
+    async def _lines(self, response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
         try:
-            async for line in response.aiter_lines():
+            async for line in response.content:
+                line = line.rstrip(b"\r\n")
                 if line:
-                    yield line.encode()
+                    yield line
         except ExpertError:
             raise
         except Exception as exc:
@@ -137,10 +162,11 @@ class ExpertClient:
         """Whether the server answers GET /models and serves this expert's model."""
         try:
             async with asyncio.timeout(timeout_s):
-                response = await self._client.get("models")
-            if response.status_code >= 400:
-                raise _status_error(self.name, response.status_code, response.content)
-            served = [model["id"] for model in orjson.loads(response.content)["data"]]
+                async with self._http().get(self._models_url) as response:
+                    status, content = response.status, await response.read()
+            if status >= 400:
+                raise _status_error(self.name, status, content)
+            served = [model["id"] for model in orjson.loads(content)["data"]]
         except Exception as exc:
             return False, str(_translate(self.name, exc))
         if self.config.model not in served:
@@ -148,4 +174,6 @@ class ExpertClient:
         return True, "ok"
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        if self._session is not None and self._session_loop is asyncio.get_running_loop():
+            await self._session.close()
+        self._session = self._session_loop = None
