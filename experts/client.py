@@ -167,7 +167,7 @@ class ExpertClient:
             if status >= 400:
                 raise _status_error(self.name, status, content)
             served = [model["id"] for model in orjson.loads(content)["data"]]
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure means "not healthy", with its reason
             return False, str(_translate(self.name, exc))
         if self.config.model not in served:
             return False, f"server does not serve model '{self.config.model}' (serves {served})"
