@@ -41,6 +41,7 @@ def serve(
     config: ConfigOption = None,
     host: Annotated[str | None, typer.Option(help="Override gateway.host.")] = None,
     port: Annotated[int | None, typer.Option(help="Override gateway.port.")] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="Override gateway.workers (processes).")] = None,
 ) -> None:
     """Start the gateway (and the embedded expert server if the config uses it).
 
@@ -55,7 +56,8 @@ def serve(
         policy = load_or_train_policy(cfg, stderr)
     except (ArtifactError, ValueError) as exc:
         fail(str(exc))
-    run_gateway(cfg, policy, host=host or cfg.gateway.host, port=port if port is not None else cfg.gateway.port)
+    run_gateway(cfg, policy, host=host or cfg.gateway.host, port=port if port is not None else cfg.gateway.port,
+                workers=workers or cfg.gateway.workers)  # fmt: skip
 
 
 @app.command()

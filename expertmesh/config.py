@@ -176,6 +176,10 @@ class GatewayConfig(_Strict):
     # Model names that clients send -> "auto" or an expert: for clients with a fixed model name
     # (e.g. {"gpt-4o": "auto"}).
     model_aliases: dict[str, str] = Field(default_factory=dict)
+    # Gateway processes sharing the port (uvicorn's supervisor restarts one that dies). One
+    # process uses one core: ~3,500 relayed or ~600 routed requests/s (BENCHMARKS.md); each
+    # holds its own router (~260 MB resident).
+    workers: int = Field(default=1, ge=1, le=64)
 
     @field_validator("api_keys")
     @classmethod

@@ -60,7 +60,7 @@ class ServerProcess:
             # start_new_session: its own process group, so that stopping it stops its children too.
             self._process = subprocess.Popen(
                 self.command, env=self.env, stdout=output, stderr=subprocess.STDOUT if output else None,
-                start_new_session=True, preexec_fn=_die_with_parent,  # noqa: PLW1509 - no threads touch it before exec
+                start_new_session=True, preexec_fn=die_with_parent,  # noqa: PLW1509 - no threads touch it before exec
             )  # fmt: skip
         finally:
             if output is not None:
@@ -135,8 +135,9 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
         pass  # the group is already gone
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: ask Linux to SIGTERM it if its parent dies, even by SIGKILL."""
+def die_with_parent() -> None:
+    """Ask Linux to SIGTERM the calling process if its parent dies, even by SIGKILL (called in a
+    child: before exec, or first thing in a worker)."""
     try:
         import ctypes
 

@@ -1,23 +1,38 @@
-"""Running the gateway: the embedded expert process (when used), the app, uvicorn."""
+"""Running the gateway: the embedded expert process (when used), the app, uvicorn.
+
+With `gateway.workers` > 1, uvicorn's supervisor runs that many gateway processes on one
+listening socket; each rebuilds the app in `worker_app` from the parent's validated config and
+loads its own router, and they share the parent's embedded expert server.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 from contextlib import ExitStack
 
 import uvicorn
+from fastapi import FastAPI
 
 from expertmesh.config import Config
 from experts.embedded.process import EmbeddedServerProcess
 from experts.pool import ExpertPool
+from experts.process import die_with_parent
 from gateway.app import build_app
+from router.classifier import load_classifier
+from router.onnx_minilm import THREADS_ENV, router_threads
 from router.policy import RoutingPolicy
 
 log = logging.getLogger(__name__)
 
+# What the parent hands its worker processes (spawned: they inherit the environment).
+WORKER_CONFIG_ENV = "EXPERTMESH_WORKER_CONFIG"
+WORKER_EMBEDDED_URL_ENV = "EXPERTMESH_WORKER_EMBEDDED_URL"
+WORKER_ROUTER_ENV = "EXPERTMESH_WORKER_ROUTER"
 
-def run_gateway(config: Config, policy: RoutingPolicy | None, host: str, port: int) -> None:
+
+def run_gateway(config: Config, policy: RoutingPolicy | None, host: str, port: int, workers: int = 1) -> None:
     """Serve until SIGINT/SIGTERM; the embedded server process is stopped on the way out."""
     # uvicorn handles SIGTERM itself, then re-raises it once it has shut down; turning
     # that into SystemExit lets the ExitStack below stop the child processes.
@@ -27,9 +42,33 @@ def run_gateway(config: Config, policy: RoutingPolicy | None, host: str, port: i
         embedded_url = None
         if embedded_models:
             embedded_url = stack.enter_context(EmbeddedServerProcess(config.embedded, embedded_models))
-        app = build_app(config, policy, ExpertPool(config, embedded_url))
-        log.info("expertmesh gateway on http://%s:%d/v1 (experts: %s)", host, port, ", ".join(e.name for e in config.experts))
-        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+        experts = ", ".join(e.name for e in config.experts)
+        log.info("expertmesh gateway on http://%s:%d/v1 (%d worker(s); experts: %s)", host, port, workers, experts)
+        if workers == 1:
+            app = build_app(config, policy, ExpertPool(config, embedded_url))
+            uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+            return
+        _hand_to_workers(config, embedded_url, policy is not None, workers)
+        uvicorn.run("gateway.server:worker_app", factory=True, workers=workers, host=host, port=port,
+                    log_level="warning", access_log=False)  # fmt: skip
+
+
+def _hand_to_workers(config: Config, embedded_url: str | None, with_router: bool, workers: int) -> None:
+    os.environ[WORKER_CONFIG_ENV] = config.model_dump_json()
+    os.environ[WORKER_EMBEDDED_URL_ENV] = embedded_url or ""
+    os.environ[WORKER_ROUTER_ENV] = "1" if with_router else ""
+    # The workers split the cores for the router's encoder instead of each taking all of them.
+    os.environ.setdefault(THREADS_ENV, str(max(1, router_threads() // workers)))
+
+
+def worker_app() -> FastAPI:
+    """The app in one of uvicorn's worker processes (`gateway.workers` > 1)."""
+    die_with_parent()  # a supervisor killed with SIGKILL must not leave workers behind
+    config = Config.model_validate_json(os.environ[WORKER_CONFIG_ENV])
+    policy = None
+    if os.environ.get(WORKER_ROUTER_ENV):
+        policy = RoutingPolicy(load_classifier(config.router.artifact), config)
+    return build_app(config, policy, ExpertPool(config, os.environ.get(WORKER_EMBEDDED_URL_ENV) or None))
 
 
 def _exit_quietly(signum, frame) -> None:

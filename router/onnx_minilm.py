@@ -109,6 +109,19 @@ def _quantize(source: Path, target: Path) -> None:
     quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
 
 
+THREADS_ENV = "EXPERTMESH_ROUTER_THREADS"
+
+
+def router_threads() -> int:
+    """Threads for the encoder: $EXPERTMESH_ROUTER_THREADS if set (the gateway's worker processes
+    split the cores between them), else as many as CPUs this process may run on (not the
+    machine's count: a gateway pinned to one core would otherwise run two threads that take
+    turns on it)."""
+    if os.environ.get(THREADS_ENV):
+        return max(1, int(os.environ[THREADS_ENV]))
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0
+
+
 class OnnxModel:
     """Runs tokenised batches through an ONNX Runtime session (thread-safe: run() may be called
     concurrently; the tokenizer is the caller's to guard)."""
@@ -122,9 +135,7 @@ class OnnxModel:
         # the gateway shares with model servers, that spinning takes their CPU.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        # As many threads as CPUs this process may run on (not the machine's count): a gateway
-        # pinned to one core would otherwise run two threads that take turns on it.
-        options.intra_op_num_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0
+        options.intra_op_num_threads = router_threads()
         self._session = onnxruntime.InferenceSession(
             str(cached_model(model_dir, quantized, head)), options, providers=["CPUExecutionProvider"]
         )

@@ -9,6 +9,8 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -159,3 +161,75 @@ def test_an_expert_that_dies_mid_stream_ends_the_stream_with_an_error(killable_e
             rest = [line for line in lines if line]
     error = json.loads(rest[-2][6:])["error"]
     assert "expert 'legal'" in error["message"] and rest[-1] == "data: [DONE]"
+
+
+def _spawned_workers(pid: int) -> list[int]:
+    """uvicorn's worker processes under a `serve --workers N` supervisor."""
+    workers = []
+    for child in children(pid):
+        try:
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                workers.append(child)
+        except FileNotFoundError:
+            pass  # it exited meanwhile
+    return workers
+
+
+@contextmanager
+def _serve_with_workers(trained_router, fake_expert, tmp_path, workers: int):
+    from tests.conftest import fake_config
+
+    port = free_port()
+    config = fake_config(fake_expert[0]).model_dump(mode="json")
+    config["router"]["artifact"] = str(trained_router)
+    config["gateway"].update(port=port, workers=workers)
+    path = tmp_path / "expertmesh.yaml"
+    path.write_text(yaml.safe_dump(config))
+    process = subprocess.Popen([sys.executable, "-m", "expertmesh", "serve", "--config", str(path)])
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/readyz", process, timeout_s=120)
+        yield f"http://127.0.0.1:{port}", process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def _ask_many(url: str, n: int) -> list[httpx.Response]:
+    body = {"model": "auto", "messages": [{"role": "user", "content": "Which python library parses JSON fastest?"}]}
+    with ThreadPoolExecutor(8) as pool:
+        return list(pool.map(lambda _: httpx.post(f"{url}/v1/chat/completions", json=body, timeout=30), range(n)))
+
+
+def _wait_for(condition, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def test_worker_processes_serve_are_replaced_when_killed_and_stop_on_sigterm(trained_router, fake_expert, tmp_path):
+    with _serve_with_workers(trained_router, fake_expert, tmp_path, workers=2) as (url, process):
+        workers = _spawned_workers(process.pid)
+        assert len(workers) == 2
+        answers = _ask_many(url, 24)
+        assert [r.status_code for r in answers] == [200] * 24
+        assert {r.json()["expertmesh"]["routed_by"] for r in answers} <= {"router", "fallback"}
+
+        os.kill(workers[0], signal.SIGKILL)  # uvicorn's supervisor starts a replacement
+        _wait_for(lambda: len(_spawned_workers(process.pid)) == 2 and workers[0] not in _spawned_workers(process.pid))
+        _wait_for(lambda: all(r.status_code == 200 for r in _ask_many(url, 8)))
+
+        everyone = _spawned_workers(process.pid)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+        _wait_for(lambda: not any(alive(pid) for pid in everyone), timeout_s=10)
+
+
+def test_workers_do_not_outlive_a_killed_supervisor(trained_router, fake_expert, tmp_path):
+    with _serve_with_workers(trained_router, fake_expert, tmp_path, workers=2) as (_, process):
+        workers = _spawned_workers(process.pid)
+        assert len(workers) == 2
+        process.kill()  # no chance to clean up: PR_SET_PDEATHSIG must stop the workers
+        process.wait()
+        _wait_for(lambda: not any(alive(pid) for pid in workers), timeout_s=15)
