@@ -18,6 +18,7 @@ from expertmesh.config import Config
 from experts.pool import ExpertPool
 from gateway.errors import APIError, from_validation_error
 from gateway.limits import BodySizeLimit
+from gateway.metrics import GatewayMetrics
 from gateway.protocol import ChatCompletionRequest, RouteRequest
 from gateway.serving import ChatService, decision_headers
 from router.policy import RoutingPolicy
@@ -68,7 +69,9 @@ def build_app(config: Config, policy: RoutingPolicy | None, experts: ExpertPool)
         await experts.aclose()
 
     app = FastAPI(title="expertmesh gateway", version="0.1.0", lifespan=lifespan)
-    app.state.service = ChatService(policy, experts, config.router.fallback_expert, config.fanout, config.gateway.model_aliases)
+    metrics = GatewayMetrics()
+    app.state.service = ChatService(policy, experts, config.router.fallback_expert, config.fanout,
+                                    config.gateway.model_aliases, metrics)  # fmt: skip
     app.state.api_keys = [key.encode() for key in config.gateway.api_keys]
     app.add_middleware(BodySizeLimit, max_bytes=config.gateway.max_body_bytes)
     _add_error_handlers(app)
@@ -94,6 +97,11 @@ def build_app(config: Config, policy: RoutingPolicy | None, experts: ExpertPool)
             "object": "list",
             "data": [{"id": m, "object": "model", "created": created, "owned_by": "expertmesh"} for m in service.model_ids],
         }
+
+    @app.get("/metrics", dependencies=[Authenticated])
+    async def prometheus_metrics() -> Response:
+        """Prometheus metrics: requests, errors and latency per expert, routing latency and confidence."""
+        return metrics.response()
 
     @app.get("/healthz")
     async def healthz() -> dict:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import tempfile
 from contextlib import ExitStack
 
 import uvicorn
@@ -20,6 +21,7 @@ from experts.embedded.process import EmbeddedServerProcess
 from experts.pool import ExpertPool
 from experts.process import die_with_parent
 from gateway.app import build_app
+from gateway.metrics import MULTIPROC_ENV
 from router.classifier import load_classifier
 from router.onnx_minilm import THREADS_ENV, router_threads
 from router.policy import RoutingPolicy
@@ -49,6 +51,8 @@ def run_gateway(config: Config, policy: RoutingPolicy | None, host: str, port: i
             uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
             return
         _hand_to_workers(config, embedded_url, policy is not None, workers)
+        if not os.environ.get(MULTIPROC_ENV):  # the workers add up their metrics through files here
+            os.environ[MULTIPROC_ENV] = stack.enter_context(tempfile.TemporaryDirectory(prefix="expertmesh-metrics-"))
         uvicorn.run("gateway.server:worker_app", factory=True, workers=workers, host=host, port=port,
                     log_level="warning", access_log=False)  # fmt: skip
 

@@ -16,6 +16,7 @@ from experts.errors import ExpertError, ExpertUnavailable
 from experts.pool import ExpertPool
 from gateway.errors import APIError, from_expert_error
 from gateway.fanout import Disconnected, FanoutResponder, FanoutSettings, plan_assignments
+from gateway.metrics import GatewayMetrics
 from gateway.protocol import ChatCompletionRequest
 from router.batching import MicroBatcher
 from router.decision import RoutingDecision
@@ -44,10 +45,17 @@ async def _never() -> bool:
     return False
 
 
+def _error_kind(exc: ExpertError) -> str:
+    """ExpertTimeout -> "timeout", for the metrics' label."""
+    return type(exc).__name__.removeprefix("Expert").lower() or "error"
+
+
 class ChatService:
     def __init__(self, policy: RoutingPolicy | None, experts: ExpertPool, fallback_expert: str,
-                 fanout: FanoutConfig = FanoutConfig(), model_aliases: dict[str, str] | None = None) -> None:  # fmt: skip
+                 fanout: FanoutConfig = FanoutConfig(), model_aliases: dict[str, str] | None = None,
+                 metrics: GatewayMetrics | None = None) -> None:  # fmt: skip
         self.policy = policy
+        self.metrics = metrics or GatewayMetrics()
         self.batcher = MicroBatcher(policy.classifier) if policy is not None else None
         self.experts = experts
         self.fallback_expert = fallback_expert
@@ -69,7 +77,11 @@ class ChatService:
         # Concurrent requests share classifier calls; the encoder runs off the event loop.
         start = time.perf_counter()
         rows = await self.batcher.predict_proba(texts)
-        return self.policy.decide(rows, (time.perf_counter() - start) * 1000)
+        decision = self.policy.decide(rows, (time.perf_counter() - start) * 1000)
+        self.metrics.routing_seconds.observe(decision.latency_ms / 1000)
+        if decision.confidence is not None:
+            self.metrics.routing_confidence.observe(decision.confidence)
+        return decision
 
     async def decide(self, request: ChatCompletionRequest) -> RoutingDecision:
         if request.model == AUTO_MODEL:
@@ -94,20 +106,37 @@ class ChatService:
                 messages = request.upstream_fields()["messages"]
                 assignments = plan_assignments(self.policy, decision, messages, settings)
                 if len(assignments) > 1:
-                    return await self.fanout.respond(request, decision, assignments, settings, disconnected)
+                    return await self._fan_out(request, decision, assignments, settings, disconnected)
         client = self.experts.get(decision.expert)
         assert client is not None  # the config guarantees every routed expert exists
         body = client.request_body(request.upstream_fields(), decision.domain)
         headers = decision_headers(decision)
+        start = time.perf_counter()
         try:
             if request.stream:
-                return await self._stream(client, body, decision, headers)
-            answer = await client.complete(body)
+                response = await self._stream(client, body, decision, headers)
+            else:
+                answer = await client.complete(body)
+                answer["expertmesh"] = decision.to_dict()
+                response = Response(orjson.dumps(answer), media_type="application/json", headers=headers)
         except ExpertError as exc:
             log.warning("%s", exc)
-            raise from_expert_error(exc) from exc
-        answer["expertmesh"] = decision.to_dict()
-        return Response(orjson.dumps(answer), media_type="application/json", headers=headers)
+            self.metrics.expert_errors.labels(client.name, _error_kind(exc)).inc()
+            error = from_expert_error(exc)
+            self.metrics.requests.labels(client.name, decision.routed_by, str(error.status)).inc()
+            raise error from exc
+        self.metrics.expert_seconds.labels(client.name, "yes" if request.stream else "no").observe(time.perf_counter() - start)
+        self.metrics.requests.labels(client.name, decision.routed_by, "200").inc()
+        return response
+
+    async def _fan_out(self, request, decision, assignments, settings, disconnected) -> Response:
+        try:
+            response = await self.fanout.respond(request, decision, assignments, settings, disconnected)
+        except APIError as error:
+            self.metrics.requests.labels("fanout", decision.routed_by, str(error.status)).inc()
+            raise
+        self.metrics.requests.labels("fanout", decision.routed_by, str(response.status_code)).inc()
+        return response
 
     async def _stream(self, client: ExpertClient, body: dict, decision: RoutingDecision, headers) -> Response:
         stack = AsyncExitStack()
@@ -139,6 +168,7 @@ class ChatService:
                 raise ExpertUnavailable(expert, "the stream ended before [DONE]")
         except ExpertError as exc:
             log.warning("%s (mid-stream)", exc)
+            self.metrics.expert_errors.labels(expert, _error_kind(exc)).inc()
             yield _sse_error(from_expert_error(exc))
         finally:
             await stack.aclose()

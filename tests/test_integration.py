@@ -201,6 +201,13 @@ def _ask_many(url: str, n: int) -> list[httpx.Response]:
         return list(pool.map(lambda _: httpx.post(f"{url}/v1/chat/completions", json=body, timeout=30), range(n)))
 
 
+def _requests_counted(url: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    families = text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=10).text)
+    return sum(s.value for f in families for s in f.samples if s.name == "expertmesh_requests_total")
+
+
 def _wait_for(condition, timeout_s: float = 30) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
@@ -215,6 +222,8 @@ def test_worker_processes_serve_are_replaced_when_killed_and_stop_on_sigterm(tra
         answers = _ask_many(url, 24)
         assert [r.status_code for r in answers] == [200] * 24
         assert {r.json()["expertmesh"]["routed_by"] for r in answers} <= {"router", "fallback"}
+        for _ in range(4):  # whichever worker answers the scrape, it counts every worker's requests
+            assert _requests_counted(url) == 24
 
         os.kill(workers[0], signal.SIGKILL)  # uvicorn's supervisor starts a replacement
         _wait_for(lambda: len(_spawned_workers(process.pid)) == 2 and workers[0] not in _spawned_workers(process.pid))
