@@ -52,12 +52,15 @@ def serve(
     from router.classifier import ArtifactError
 
     cfg = load_or_exit(config)
+    workers = workers or cfg.gateway.workers
     try:
         policy = load_or_train_policy(cfg, stderr)
     except (ArtifactError, ValueError) as exc:
         fail(str(exc))
+    if workers > 1:
+        policy = None  # it loads: each worker loads its own, and the supervisor keeps none (~260 MB)
     run_gateway(cfg, policy, host=host or cfg.gateway.host, port=port if port is not None else cfg.gateway.port,
-                workers=workers or cfg.gateway.workers)  # fmt: skip
+                workers=workers)  # fmt: skip
 
 
 @app.command()

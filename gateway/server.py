@@ -7,6 +7,8 @@ loads its own router, and they share the parent's embedded expert server.
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import logging
 import os
 import signal
@@ -31,11 +33,14 @@ log = logging.getLogger(__name__)
 # What the parent hands its worker processes (spawned: they inherit the environment).
 WORKER_CONFIG_ENV = "EXPERTMESH_WORKER_CONFIG"
 WORKER_EMBEDDED_URL_ENV = "EXPERTMESH_WORKER_EMBEDDED_URL"
-WORKER_ROUTER_ENV = "EXPERTMESH_WORKER_ROUTER"
 
 
 def run_gateway(config: Config, policy: RoutingPolicy | None, host: str, port: int, workers: int = 1) -> None:
-    """Serve until SIGINT/SIGTERM; the embedded server process is stopped on the way out."""
+    """Serve until SIGINT/SIGTERM; the embedded server process is stopped on the way out.
+
+    One worker serves with `policy` (None: named experts only). With several, each worker loads
+    the router from `router.artifact` itself, and `policy` is not used (pass None).
+    """
     # uvicorn handles SIGTERM itself, then re-raises it once it has shut down; turning
     # that into SystemExit lets the ExitStack below stop the child processes.
     signal.signal(signal.SIGTERM, _exit_quietly)
@@ -50,28 +55,35 @@ def run_gateway(config: Config, policy: RoutingPolicy | None, host: str, port: i
             app = build_app(config, policy, ExpertPool(config, embedded_url))
             uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
             return
-        _hand_to_workers(config, embedded_url, policy is not None, workers)
+        _return_freed_memory()  # the router the caller checked and dropped: ~100 MB back
+        _hand_to_workers(config, embedded_url, workers)
         if not os.environ.get(MULTIPROC_ENV):  # the workers add up their metrics through files here
             os.environ[MULTIPROC_ENV] = stack.enter_context(tempfile.TemporaryDirectory(prefix="expertmesh-metrics-"))
         uvicorn.run("gateway.server:worker_app", factory=True, workers=workers, host=host, port=port,
                     log_level="warning", access_log=False)  # fmt: skip
 
 
-def _hand_to_workers(config: Config, embedded_url: str | None, with_router: bool, workers: int) -> None:
+def _hand_to_workers(config: Config, embedded_url: str | None, workers: int) -> None:
     os.environ[WORKER_CONFIG_ENV] = config.model_dump_json()
     os.environ[WORKER_EMBEDDED_URL_ENV] = embedded_url or ""
-    os.environ[WORKER_ROUTER_ENV] = "1" if with_router else ""
     # The workers split the cores for the router's encoder instead of each taking all of them.
     os.environ.setdefault(THREADS_ENV, str(max(1, router_threads() // workers)))
+
+
+def _return_freed_memory() -> None:
+    """Collect, then ask glibc to give freed heap pages back to the OS (the supervisor idles)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: the memory stays reserved, nothing else changes
 
 
 def worker_app() -> FastAPI:
     """The app in one of uvicorn's worker processes (`gateway.workers` > 1)."""
     die_with_parent()  # a supervisor killed with SIGKILL must not leave workers behind
     config = Config.model_validate_json(os.environ[WORKER_CONFIG_ENV])
-    policy = None
-    if os.environ.get(WORKER_ROUTER_ENV):
-        policy = RoutingPolicy(load_classifier(config.router.artifact), config)
+    policy = RoutingPolicy(load_classifier(config.router.artifact), config)
     return build_app(config, policy, ExpertPool(config, os.environ.get(WORKER_EMBEDDED_URL_ENV) or None))
 
 
