@@ -197,6 +197,14 @@ async def ask(item: Item, responder: str, mode: str, settings: RunSettings, pool
     }  # fmt: skip
 
 
+def default_concurrency(config: Config, gateway_url: str | None) -> int:
+    """Requests in flight: 1 when every expert is the embedded model (it generates one answer at
+    a time, so more only queue, and a queued request's wait counts against its timeout); 4 else."""
+    if gateway_url is None and all(expert.is_embedded for expert in config.experts):
+        return 1
+    return 4
+
+
 async def answer_all(plan: Plan, store: AnswerStore, settings: RunSettings, config: Config, pool, gateway,
                      on_done: Callable[[bool], None]) -> list[str]:  # fmt: skip
     """Ask every job not in the store yet, `concurrency` at a time; returns the failures."""

@@ -43,18 +43,28 @@ def run(
     systems: Annotated[str, typer.Option(help="Comma-separated: routed, oracle, general, random, top-p (fan-out), expert:NAME, experts (each alone).")] = "routed,oracle,general,random",
     limit: Annotated[int | None, typer.Option(min=1, help="Items per task (default: the suite's).")] = None,
     out: Annotated[Path | None, typer.Option(help="Run folder (default: eval-runs/<suite>-seed<seed>).")] = None,
-    concurrency: Annotated[int, typer.Option(min=1, help="Requests to experts in flight at once.")] = 4,
+    concurrency: Annotated[int | None, typer.Option(min=1, help="Requests to experts in flight at once (default: 1 if every expert is the embedded model, which generates one answer at a time; else 4).")] = None,
     seed: Annotated[int, typer.Option(help="Seed for item sampling, random routing and generation.")] = 0,
     scoring: Annotated[str, typer.Option(help="generate, likelihood or both (comma-separated).")] = "generate,likelihood",
     gateway: Annotated[str | None, typer.Option(help="Base URL of a running gateway (…/v1): routed answers go through it.")] = None,
 ) -> None:
     """Run a suite: every system's answers, stored as they arrive (a rerun resumes), then the report."""
-    from eval.bench_run import MODES, RunError, RunSettings, check_systems, make_plan, suite_tasks, write_manifest
+    from eval.bench_run import (
+        MODES,
+        RunError,
+        RunSettings,
+        check_systems,
+        default_concurrency,
+        make_plan,
+        suite_tasks,
+        write_manifest,
+    )
     from eval.bench_tasks import TaskError
     from expertmesh.routers import load_or_train_policy
     from router.classifier import ArtifactError
 
     cfg = load_or_exit(config)
+    concurrency = concurrency or default_concurrency(cfg, gateway)
     modes = tuple(m.strip() for m in scoring.split(",") if m.strip())
     if not modes or set(modes) - set(MODES):
         fail(f"--scoring: expected generate, likelihood or both, got '{scoring}'")

@@ -129,3 +129,14 @@ def test_the_smoke_suite_covers_every_domain():
     domains = {all_tasks()[name].domain for name in all_suites()["smoke"].tasks}
     assert domains == {"medical", "legal", "finance", "code", "math", "science", "general"}
     assert REPO.joinpath("eval", "data", "DATA.md").is_file()
+
+
+def test_concurrency_defaults_to_one_for_the_embedded_model_only():
+    from eval.bench_run import default_concurrency
+    from expertmesh.config import load_config
+
+    embedded = load_config()  # the default config: every expert is the embedded SmolLM2
+    assert all(e.is_embedded for e in embedded.experts)
+    assert default_concurrency(embedded, None) == 1
+    assert default_concurrency(embedded, "http://127.0.0.1:8080/v1") == 4  # a gateway: unknown backends
+    assert default_concurrency(load_config(REPO / "deploy" / "vllm-cpu.yaml"), None) == 4
