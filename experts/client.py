@@ -16,6 +16,8 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlsplit
+from urllib.request import getproxies_environment, proxy_bypass_environment
 
 import aiohttp
 import orjson
@@ -29,6 +31,15 @@ JSON_HEADERS = {"content-type": "application/json", "accept": "application/json"
 # aiohttp splits a stream into lines in a buffer of twice this size; an SSE line with
 # top_logprobs can be long, so allow lines up to 2 MiB.
 READ_BUFFER_BYTES = 1 << 20
+
+
+def env_proxy(url: str) -> str | None:
+    """The proxy that HTTP(S)_PROXY / NO_PROXY name for this URL, as curl and httpx read them:
+    looked up once per expert, not per request (aiohttp's own trust_env does it per request)."""
+    parts = urlsplit(url)
+    if proxy_bypass_environment(parts.hostname or ""):
+        return None
+    return getproxies_environment().get(parts.scheme)
 
 
 def _translate(expert: str, exc: Exception) -> ExpertError:
@@ -87,6 +98,7 @@ class ExpertClient:
         # No retries: a retry would double the latency of a slow expert; the caller decides.
         # sock_read bounds the wait for each piece of a stream; complete() also bounds the total.
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_S, sock_read=config.timeout_s)
+        self._proxy = env_proxy(base_url)
         self._session: aiohttp.ClientSession | None = None
         self._session_loop: asyncio.AbstractEventLoop | None = None
         self._defaults = config.generation.model_dump(exclude_none=True)
@@ -117,7 +129,9 @@ class ExpertClient:
         """A non-streaming chat completion, as the JSON object the server returned."""
         try:
             async with asyncio.timeout(self.config.timeout_s):
-                async with self._http().post(self._chat_url, data=orjson.dumps({**body, "stream": False})) as response:
+                async with self._http().post(
+                    self._chat_url, data=orjson.dumps({**body, "stream": False}), proxy=self._proxy
+                ) as response:
                     status, content = response.status, await response.read()
         except Exception as exc:
             raise _translate(self.name, exc) from exc
@@ -133,7 +147,9 @@ class ExpertClient:
         """Open a streaming completion; the connection and the status are checked on entry,
         so errors before the first chunk can still become an HTTP error status."""
         try:
-            response = await self._http().post(self._chat_url, data=orjson.dumps({**body, "stream": True}))
+            response = await self._http().post(
+                self._chat_url, data=orjson.dumps({**body, "stream": True}), proxy=self._proxy
+            )
         except Exception as exc:
             raise _translate(self.name, exc) from exc
         try:
@@ -162,7 +178,7 @@ class ExpertClient:
         """Whether the server answers GET /models and serves this expert's model."""
         try:
             async with asyncio.timeout(timeout_s):
-                async with self._http().get(self._models_url) as response:
+                async with self._http().get(self._models_url, proxy=self._proxy) as response:
                     status, content = response.status, await response.read()
             if status >= 400:
                 raise _status_error(self.name, status, content)

@@ -131,7 +131,9 @@ def test_errors_are_translated(fake):
 
     down = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
     assert "cannot reach" in asyncio.run(expect(_client(down), _body("hi"), ExpertUnavailable))
-    assert "did not answer in time" in asyncio.run(expect(_client(url, timeout_s=0.2), _body("[sleep=2] hi"), ExpertTimeout))
+    assert "did not answer in time" in asyncio.run(
+        expect(_client(url, timeout_s=0.2), _body("[sleep=2] hi"), ExpertTimeout)
+    )
     assert "fake failure 422" in asyncio.run(expect(_client(url), _body("[status=422] hi"), ExpertRejected))
 
     async def stream_rejected():
@@ -158,3 +160,25 @@ def test_health_reports_served_models(fake):
     assert asyncio.run(run("fake-model")) == (True, "ok")
     ok, why = asyncio.run(run("other-model"))
     assert not ok and "does not serve model 'other-model'" in why
+
+
+def test_http_proxy_from_the_environment_is_used_unless_no_proxy_names_the_host(fake, monkeypatch):
+    # Like curl and httpx: HTTP_PROXY carries the request (here the fake expert plays the proxy,
+    # so an answer proves the proxy was used: nothing listens at the expert's own address).
+    proxy_url, _ = fake
+    nowhere = f"http://127.0.0.1:{free_port()}/v1"
+    monkeypatch.setenv("HTTP_PROXY", proxy_url.removesuffix("/v1"))
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+
+    async def ask() -> dict:
+        client = _client(nowhere)
+        try:
+            return await client.complete(_body("through the proxy"))
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(ask())["choices"][0]["message"]["content"] == "[fake-model] through the proxy"
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    with pytest.raises(ExpertUnavailable):
+        asyncio.run(ask())
