@@ -33,9 +33,13 @@ class ExpertPrompt:
         turns = [m for m in messages if m["role"] not in SYSTEM_ROLES]
         last_user = max((i for i, m in enumerate(turns) if m["role"] == "user"), default=None)
         if last_user is not None:
-            query = message_text(turns[last_user].get("content"))
-            rendered = self.user_template.format(query=query, domain=domain or self.default_domain)
-            turns = [*turns[:last_user], {**turns[last_user], "content": rendered}, *turns[last_user + 1 :]]
+            content = turns[last_user].get("content")
+            rendered = self.user_template.format(query=message_text(content), domain=domain or self.default_domain)
+            turns = [
+                *turns[:last_user],
+                {**turns[last_user], "content": _with_media(rendered, content)},
+                *turns[last_user + 1 :],
+            ]
         system = "\n\n".join(p for p in system_parts if p)
         if not system:
             return turns
@@ -44,5 +48,12 @@ class ExpertPrompt:
         first_user = next((i for i, m in enumerate(turns) if m["role"] == "user"), None)
         if first_user is None:
             return [{"role": "user", "content": system}, *turns]
-        opening = {**turns[first_user], "content": f"{system}\n\n{message_text(turns[first_user].get('content'))}"}
+        content = turns[first_user].get("content")
+        opening = {**turns[first_user], "content": _with_media(f"{system}\n\n{message_text(content)}", content)}
         return [*turns[:first_user], opening, *turns[first_user + 1 :]]
+
+
+def _with_media(text: str, original: Any) -> str | list[dict[str, Any]]:
+    """`text` as the message content, keeping the original's images, audio and files after it."""
+    media = [part for part in original if part.get("type") != "text"] if isinstance(original, list) else []
+    return [{"type": "text", "text": text}, *media] if media else text

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
@@ -46,15 +48,25 @@ def from_expert_error(exc: ExpertError) -> APIError:
     return APIError(status, str(exc), kind, code=code)
 
 
+# Pydantic names the union member it tried ("str", "list[...]", "function-after[...]",
+# "tagged-union[...]") in an error's location; users know no such key.
+_UNION_MEMBER = re.compile(r"^(str|[a-z-]+\[.*\])$")
+
+
 def _location(loc: tuple) -> str:
     parts: list[str] = []
+    tag_follows = False  # in a tagged union, the item's index is followed by its tag ("text")
     for part in loc:
         if isinstance(part, int):
             parts.append(f"[{part}]")
-        elif part in ("str", "list[TextPart]", "function-after[_content_required(), ChatMessage]"):
-            continue  # pydantic names the union member it tried; users know no such key
-        else:
-            parts.append(("." if parts else "") + str(part))
+            continue
+        if _UNION_MEMBER.match(str(part)):
+            tag_follows = tag_follows or "tagged-union[" in str(part)
+            continue
+        if tag_follows and parts and parts[-1].startswith("["):
+            tag_follows = False
+            continue
+        parts.append(("." if parts else "") + str(part))
     return "".join(parts)
 
 

@@ -16,11 +16,23 @@ class TextPart(BaseModel):
     text: str
 
 
+class MediaPart(BaseModel):
+    """An image, audio clip or file in a message: passed to the expert as it is (the router
+    reads the text parts; an expert whose model takes no images says so itself)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    type: Literal["image_url", "input_audio", "file"]
+
+
+ContentPart = Annotated[TextPart | MediaPart, Field(discriminator="type")]
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True)
 
     role: Role
-    content: str | list[TextPart] | None = None
+    content: str | list[ContentPart] | None = None
     name: str | None = None
 
     @model_validator(mode="after")

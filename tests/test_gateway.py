@@ -40,6 +40,25 @@ def test_auto_routes_to_the_domain_expert_with_its_prompt(gateway_url, fake_expe
     assert json.loads(response.headers["x-expertmesh-scores"])["medical"] > 0.5
 
 
+def test_images_reach_the_expert_and_the_router_reads_the_text(gateway_url):
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo=", "detail": "low"}}
+    content = [{"type": "text", "text": "what is this symptom?"}, image]
+    response = chat(gateway_url, {"model": "auto", "messages": [{"role": "user", "content": content}]})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["expertmesh"]["expert"] == "medical"
+    assert body["received_messages"][-1]["content"] == [
+        {"type": "text", "text": "[medical] what is this symptom?"},
+        image,
+    ]
+
+    unknown = [{"type": "hologram", "hologram": {}}]
+    response = chat(gateway_url, {"model": "auto", "messages": [{"role": "user", "content": unknown}]})
+    message = response.json()["error"]["message"]
+    assert response.status_code == 400 and "messages[0].content[0]: Input tag 'hologram'" in message
+    assert "union" not in message  # pydantic's internal names are not the user's keys
+
+
 def test_science_is_served_by_the_general_expert_and_low_confidence_falls_back(gateway_url):
     body = chat(gateway_url, {"model": "auto", "messages": user("tell me a story")}).json()
     assert body["expertmesh"]["expert"] == "general"
@@ -49,7 +68,12 @@ def test_science_is_served_by_the_general_expert_and_low_confidence_falls_back(g
 def test_explicit_expert_skips_the_router(gateway_url):
     response = chat(gateway_url, {"model": "legal", "messages": user("what is this symptom?")})
     assert response.status_code == 200
-    assert response.json()["expertmesh"] == {**response.json()["expertmesh"], "expert": "legal", "routed_by": "explicit", "domain": None}
+    assert response.json()["expertmesh"] == {
+        **response.json()["expertmesh"],
+        "expert": "legal",
+        "routed_by": "explicit",
+        "domain": None,
+    }
     assert response.headers["x-expertmesh-routed-by"] == "explicit"
 
 

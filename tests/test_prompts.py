@@ -55,3 +55,25 @@ def test_models_without_a_system_role_get_it_in_the_first_user_turn():
     assert [m["role"] for m in out] == ["user", "assistant", "user"]  # roles alternate, as Mistral demands
     assert out[0]["content"] == "You are a lawyer.\n\nBe brief.\n\nIs a verbal lease valid?"
     assert out[2]["content"] == "For how long?"
+
+
+IMAGE = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+
+
+def test_images_in_the_last_user_turn_follow_its_templated_text():
+    out = prompt().format([{"role": "user", "content": [{"type": "text", "text": "Is this rash serious?"}, IMAGE]}])
+    assert out[-1] == {
+        "role": "user",
+        "content": [{"type": "text", "text": "Question (medical): Is this rash serious?"}, IMAGE],
+    }
+
+
+def test_images_survive_the_system_text_moving_into_the_first_user_turn():
+    config = ExpertConfig(name="legal", domains=["legal"], backend="embedded", model="saul",
+                          system_prompt="You are a lawyer.", system_role=False)  # fmt: skip
+    out = ExpertPrompt(config).format(
+        [{"role": "user", "content": [IMAGE, {"type": "text", "text": "Is this lease valid?"}]}]
+    )
+    assert out == [
+        {"role": "user", "content": [{"type": "text", "text": "You are a lawyer.\n\nIs this lease valid?"}, IMAGE]}
+    ]
