@@ -92,6 +92,11 @@ def test_refuses_what_it_cannot_do(embedded_url):
     assert ask(embedded_url, logprobs=True, stream=True).status_code == 400
     assert ask(embedded_url, top_logprobs=2).status_code == 400  # without logprobs: true
     assert ask(embedded_url, n=2).status_code == 400
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+    with_image = ask(
+        embedded_url, messages=[{"role": "user", "content": [{"type": "text", "text": "What is this?"}, image]}]
+    )
+    assert with_image.status_code == 400 and "image_url" in with_image.json()["error"]["message"]
     assert httpx.get(f"{embedded_url}/v1/models").json()["data"][0]["id"] == SERVED_MODEL_NAME
 
 

@@ -79,6 +79,10 @@ class EmbeddedServer:
             return _error(400, "logprobs are supported without stream only by the embedded backend")
         if request.top_logprobs and not request.logprobs:
             return _error(400, "top_logprobs needs logprobs: true")
+        media = sorted({part.get("type", "?") for m in request.messages if isinstance(m.content, list)
+                        for part in m.content if part.get("type") != "text"})  # fmt: skip
+        if media:  # answering from the text alone would pretend to have seen them
+            return _error(400, f"SmolLM2 reads text only; this request has {', '.join(media)} content parts")
         return None
 
     async def complete(self, request: _ChatRequest) -> Response:
