@@ -31,6 +31,10 @@ JSON_HEADERS = {"content-type": "application/json", "accept": "application/json"
 # aiohttp splits a stream into lines in a buffer of twice this size; an SSE line with
 # top_logprobs can be long, so allow lines up to 2 MiB.
 READ_BUFFER_BYTES = 1 << 20
+# Idle keep-alive connections are dropped after this long: sooner than the servers do (uvicorn,
+# and so vLLM, closes them after 5 s), because a POST sent on a connection the server is closing
+# at that moment fails and is not retried (it is not idempotent). aiohttp's default is 15 s.
+KEEPALIVE_S = 4.0
 
 
 def env_proxy(url: str) -> str | None:
@@ -110,7 +114,7 @@ class ExpertClient:
             self._session = aiohttp.ClientSession(
                 headers=self._headers,
                 timeout=self._timeout,
-                connector=aiohttp.TCPConnector(limit=0),  # no cap: the expert's server queues
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=KEEPALIVE_S),  # no cap: the server queues
                 cookie_jar=aiohttp.DummyCookieJar(),  # one user's cookies must not reach another's request
                 read_bufsize=READ_BUFFER_BYTES,
             )

@@ -182,3 +182,29 @@ def test_http_proxy_from_the_environment_is_used_unless_no_proxy_names_the_host(
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     with pytest.raises(ExpertUnavailable):
         asyncio.run(ask())
+
+
+def test_idle_connections_are_reused_then_dropped_before_the_server_drops_them(monkeypatch):
+    app = FastAPI()
+    ports: list[int] = []
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> JSONResponse:
+        ports.append(request.client.port)
+        return JSONResponse({"choices": [{"message": {"role": "assistant", "content": "ok"}}]})
+
+    monkeypatch.setattr("experts.client.KEEPALIVE_S", 0.3)
+
+    async def run(url: str) -> None:
+        client = _client(url)
+        try:
+            await client.complete(_body("one"))
+            await client.complete(_body("two"))  # at once: the same connection
+            await asyncio.sleep(0.6)  # idle past the keep-alive: a new connection
+            await client.complete(_body("three"))
+        finally:
+            await client.aclose()
+
+    with serve_in_thread(app) as url:
+        asyncio.run(run(f"{url}/v1"))
+    assert ports[0] == ports[1] != ports[2]
