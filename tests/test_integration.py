@@ -185,7 +185,11 @@ def _serve_with_workers(trained_router, fake_expert, tmp_path, workers: int):
     config["gateway"].update(port=port, workers=workers)
     path = tmp_path / "expertmesh.yaml"
     path.write_text(yaml.safe_dump(config))
-    process = subprocess.Popen([sys.executable, "-m", "expertmesh", "serve", "--config", str(path)])
+    # The metrics folder under tmp_path: a supervisor killed outright cannot remove its own.
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+    process = subprocess.Popen([sys.executable, "-m", "expertmesh", "serve", "--config", str(path)], env=env)
     try:
         wait_ready(f"http://127.0.0.1:{port}/readyz", process, timeout_s=120)
         yield f"http://127.0.0.1:{port}", process
