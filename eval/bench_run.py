@@ -146,7 +146,7 @@ def request_for(item: Item, mode: str, seed: int) -> dict[str, Any]:
 
 async def ask_top_p(item: Item, route: dict, request: dict, config: Config, pool) -> dict[str, Any]:
     """The gateway's fan-out, in-process: the top-p experts' answers combined by the config's strategy."""
-    from experts.fanout import DIRECT_STRATEGIES, Assignment, ask_experts, synthesize
+    from experts.fanout import Assignment, ask_experts, combine, sum_usage
 
     fanout = config.fanout
     chosen = select_experts(route["scores"], config.expert_for_domain(), fanout.top_p, fanout.max_experts)
@@ -155,14 +155,9 @@ async def ask_top_p(item: Item, route: dict, request: dict, config: Config, pool
         return await client.complete(client.request_body(request))
     assignments = [Assignment(expert, score, request["messages"]) for expert, score in chosen]
     answers = await ask_experts(pool, assignments, request, fanout.expert_timeout_s)
-    usages = [a.usage for a in answers]
-    if fanout.strategy in DIRECT_STRATEGIES:
-        text = DIRECT_STRATEGIES[fanout.strategy](answers)
-    else:
-        text, usage = await synthesize(pool, fanout.aggregator or config.router.fallback_expert, item.prompt, answers, request)
-        usages.append(usage)
-    total = {k: sum(u.get(k, 0) for u in usages) for k in ("prompt_tokens", "completion_tokens")}
-    return {"choices": [{"message": {"content": text}}], "usage": total,
+    aggregator = fanout.aggregator or config.router.fallback_expert
+    text, usage = await combine(pool, fanout.strategy, aggregator, item.prompt, answers, request)
+    return {"choices": [{"message": {"content": text}}], "usage": sum_usage([a.usage for a in answers] + [usage]),
             "expertmesh": {"expert": "+".join(a.expert for a in answers if a.status == "answered")}}  # fmt: skip
 
 

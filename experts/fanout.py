@@ -134,6 +134,19 @@ async def synthesize(pool: ExpertPool, aggregator: str, question: str, answers: 
     return answer["choices"][0]["message"].get("content") or "", answer.get("usage") or {}
 
 
+async def combine(pool: ExpertPool, strategy: str, aggregator: str, question: str, answers: list[ExpertAnswer],
+                  request: dict[str, Any]) -> tuple[str, dict[str, int]]:  # fmt: skip
+    """One text from the answers by `strategy`, and the usage that combining cost (the aggregator's)."""
+    if strategy in DIRECT_STRATEGIES:
+        return DIRECT_STRATEGIES[strategy](answers), {}
+    return await synthesize(pool, aggregator, question, answers, request)
+
+
+def sum_usage(usages: list[dict]) -> dict[str, int]:
+    keys = ("prompt_tokens", "completion_tokens", "total_tokens")
+    return {key: sum(int(u.get(key, 0)) for u in usages if u) for key in keys}
+
+
 async def synthesize_stream(pool: ExpertPool, aggregator: str, question: str, answers: list[ExpertAnswer],
                             request: dict[str, Any]) -> AsyncIterator[bytes]:  # fmt: skip
     """The aggregator's SSE lines, as it writes (the caller re-labels them)."""

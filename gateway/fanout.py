@@ -26,7 +26,8 @@ from experts.fanout import (
     Assignment,
     ExpertAnswer,
     ask_experts,
-    synthesize,
+    combine,
+    sum_usage,
     synthesize_stream,
 )
 from experts.pool import ExpertPool
@@ -122,13 +123,15 @@ class FanoutResponder:
             answers = await unless_disconnected(
                 ask_experts(self.experts, assignments, fields, settings.expert_timeout_s), disconnected
             )
-            text, extra_usage = await self._combine(settings, question, answers, fields)
+            text, extra_usage = await combine(
+                self.experts, settings.strategy, settings.aggregator, question, answers, fields
+            )
         except ExpertError as exc:
             raise from_expert_error(exc) from exc
         except ClientGone:
             return Response(status_code=499)  # nginx's "client closed request": nobody reads it
         meta["fanout"].update(self._report(answers, settings))
-        usage = _sum_usage([a.usage for a in answers] + [extra_usage])
+        usage = sum_usage([a.usage for a in answers] + [extra_usage])
         body = {
             "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
             "model": "auto", "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
@@ -136,11 +139,6 @@ class FanoutResponder:
             "usage": usage, "expertmesh": meta,
         }  # fmt: skip
         return Response(orjson.dumps(body), media_type="application/json", headers={"x-expertmesh-expert": "fanout"})
-
-    async def _combine(self, settings, question, answers, fields) -> tuple[str, dict]:
-        if settings.strategy in DIRECT_STRATEGIES:
-            return DIRECT_STRATEGIES[settings.strategy](answers), {}
-        return await synthesize(self.experts, settings.aggregator, question, answers, fields)
 
     @staticmethod
     def _report(answers: list[ExpertAnswer], settings: FanoutSettings) -> dict[str, Any]:
@@ -187,11 +185,6 @@ class FanoutResponder:
         yield chunk({}, "stop")
         if include_usage:
             payload = {"id": chunk_id, "object": "chat.completion.chunk", "created": created, "model": "auto",
-                       "choices": [], "usage": _sum_usage(usages)}  # fmt: skip
+                       "choices": [], "usage": sum_usage(usages)}  # fmt: skip
             yield b"data: " + orjson.dumps(payload) + b"\n\n"
         yield b"data: [DONE]\n\n"
-
-
-def _sum_usage(usages: list[dict]) -> dict[str, int]:
-    keys = ("prompt_tokens", "completion_tokens", "total_tokens")
-    return {key: sum(int(u.get(key, 0)) for u in usages if u) for key in keys}

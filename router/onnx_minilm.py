@@ -25,6 +25,8 @@ HEADS = ("mean_pooled", "logits")  # a sentence embedding, or a sequence classif
 
 def cached_model(model_dir: str, quantized: bool, head: str = "mean_pooled", cache: Path = ONNX_CACHE) -> Path:
     """The path of the exported (and, if asked, int8-quantised) graph, exported on first use."""
+    if head not in HEADS:
+        raise ValueError(f"unknown head '{head}'; known heads: {list(HEADS)}")
     import onnxruntime
 
     # The weights' size and time stamp are in the key: a model retrained in place is exported again.
