@@ -19,8 +19,8 @@ import random
 import statistics
 import time
 
-from router.data import vendored_data_dir
-from router.encoder import TextEncoder
+from expertmesh.router.data import vendored_data_dir
+from expertmesh.router.encoder import TextEncoder
 
 
 def sample_texts(count: int, seed: int = 0) -> list[str]:

@@ -107,7 +107,7 @@ def main() -> None:
     env = {"UPSTREAM_BASE_URL": upstream_url, "BENCH_API_KEY": KEY, "EXPERTMESH_PORT": str(gateway_port)}
     processes = [
         start([sys.executable, str(HERE / "instant_upstream.py"), "--port", str(upstream_port)], cpu=1),
-        start([sys.executable, "-m", "expertmesh", "serve", "--config", str(HERE / "gateway.yaml")], cpu=1, env=env),
+        start([sys.executable, "-m", "expertmesh.cli", "serve", "--config", str(HERE / "gateway.yaml")], cpu=1, env=env),
     ]
     if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
         os.sched_setaffinity(0, {0})

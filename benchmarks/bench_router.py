@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 from expertmesh.config import load_config
-from router.classifier import load_classifier
-from router.data import read_examples, vendored_data_dir
-from router.policy import RoutingPolicy
+from expertmesh.router.classifier import load_classifier
+from expertmesh.router.data import read_examples, vendored_data_dir
+from expertmesh.router.policy import RoutingPolicy
 
 
 def percentile(values: list[float], q: float) -> float:

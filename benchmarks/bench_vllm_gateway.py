@@ -105,7 +105,7 @@ def main() -> None:
 
     sys.path.insert(0, str(HERE.parent))
     from expertmesh.config import load_config
-    from experts.prompts import ExpertPrompt
+    from expertmesh.experts.prompts import ExpertPrompt
 
     vllm_port, gateway_port = free_port(), free_port()
     env = {**os.environ, "EXPERTMESH_VLLM_PORT": str(vllm_port), "EXPERTMESH_PORT": str(gateway_port)}
@@ -115,7 +115,7 @@ def main() -> None:
     plain = lambda q: [{"role": "user", "content": q}]  # noqa: E731
     with_system = lambda q: prompt.format(plain(q))  # noqa: E731  (what the gateway sends upstream)
 
-    expertmesh = [sys.executable, "-m", "expertmesh"]
+    expertmesh = [sys.executable, "-m", "expertmesh.cli"]
     on = (lambda cpu: ["taskset", "-c", str(cpu)]) if args.pin else (lambda cpu: [])
     if args.pin:
         os.sched_setaffinity(0, {1})  # this process: the clients

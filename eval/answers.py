@@ -13,7 +13,7 @@ import re
 import string
 from collections.abc import Callable, Sequence
 
-from eval.bench_tasks import Item
+from expertmesh.eval.bench_tasks import Item
 
 # --- multiple choice ----------------------------------------------------------------------------
 
@@ -150,7 +150,7 @@ def _score_label(item: Item, text: str) -> tuple[str | None, bool]:
 
 
 def _score_code(item: Item, text: str) -> tuple[str | None, bool]:
-    from eval.sandbox import extract_code, run_tests
+    from expertmesh.eval.sandbox import extract_code, run_tests
 
     code = extract_code(text)
     outcome = run_tests(code, item.tests, setup=item.extra.get("setup", ""))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from eval.answer_store import AnswerStore, answer_key
+from expertmesh.eval.answer_store import AnswerStore, answer_key
 
 PLAN_FILE = "plan.json"
 BOOTSTRAP_RESAMPLES = 2000

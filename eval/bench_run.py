@@ -24,12 +24,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from eval.answer_store import AnswerStore, answer_key
-from eval.answers import choice_from_logprobs, score
-from eval.bench_tasks import Item, TaskSpec, all_suites, all_tasks, data_fingerprint, load_items
+from expertmesh.eval.answer_store import AnswerStore, answer_key
+from expertmesh.eval.answers import choice_from_logprobs, score
+from expertmesh.eval.bench_tasks import Item, TaskSpec, all_suites, all_tasks, data_fingerprint, load_items
 from expertmesh.config import Config
-from router.policy import RoutingPolicy
-from router.top_p import select_experts
+from expertmesh.router.policy import RoutingPolicy
+from expertmesh.router.top_p import select_experts
 
 MANIFEST_FILE = "run.json"
 MODES = ("generate", "likelihood")
@@ -146,7 +146,7 @@ def request_for(item: Item, mode: str, seed: int) -> dict[str, Any]:
 
 async def ask_top_p(item: Item, route: dict, request: dict, config: Config, pool) -> dict[str, Any]:
     """The gateway's fan-out, in-process: the top-p experts' answers combined by the config's strategy."""
-    from experts.fanout import Assignment, ask_experts, combine, sum_usage
+    from expertmesh.experts.fanout import Assignment, ask_experts, combine, sum_usage
 
     fanout = config.fanout
     chosen = select_experts(route["scores"], config.expert_for_domain(), fanout.top_p, fanout.max_experts)

@@ -11,11 +11,11 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from expertmesh.config import MultiTurnConfig
-from router.augment import add_typos, conversational, drop_punctuation, lowercase, short_query
-from router.classifier import DomainClassifier
-from router.metrics import classification_metrics
-from router.policy import combine_turns
-from router.training import Corpus, TrainSettings, fit_linear, logits_of
+from expertmesh.router.augment import add_typos, conversational, drop_punctuation, lowercase, short_query
+from expertmesh.router.classifier import DomainClassifier
+from expertmesh.router.metrics import classification_metrics
+from expertmesh.router.policy import combine_turns
+from expertmesh.router.training import Corpus, TrainSettings, fit_linear, logits_of
 
 SLICE_SAMPLE = 600
 MULTI_TURN_SAMPLE = 400

@@ -8,9 +8,9 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from router.classifier import DomainClassifier
-from router.data import Example
-from router.metrics import classification_metrics
+from expertmesh.router.classifier import DomainClassifier
+from expertmesh.router.data import Example
+from expertmesh.router.metrics import classification_metrics
 
 BATCH = 64
 

@@ -23,8 +23,8 @@ import aiohttp
 import orjson
 
 from expertmesh.config import ExpertConfig
-from experts.errors import ExpertError, ExpertFailed, ExpertRejected, ExpertTimeout, ExpertUnavailable
-from experts.prompts import ExpertPrompt
+from expertmesh.experts.errors import ExpertError, ExpertFailed, ExpertRejected, ExpertTimeout, ExpertUnavailable
+from expertmesh.experts.prompts import ExpertPrompt
 
 CONNECT_TIMEOUT_S = 5.0
 JSON_HEADERS = {"content-type": "application/json", "accept": "application/json"}

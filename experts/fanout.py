@@ -18,8 +18,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from experts.errors import ExpertError, ExpertUnavailable
-from experts.pool import ExpertPool
+from expertmesh.experts.errors import ExpertError, ExpertUnavailable
+from expertmesh.experts.pool import ExpertPool
 
 Status = Literal["answered", "dropped"]
 

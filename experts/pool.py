@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from expertmesh.config import Config
-from experts.client import ExpertClient
+from expertmesh.experts.client import ExpertClient
 
 
 class ExpertPool:

@@ -25,7 +25,7 @@ from expertmesh.config import (
     VllmConfig,
     server_address,
 )
-from experts.process import ServerProcess, ServerStartError
+from expertmesh.experts.process import ServerProcess, ServerStartError
 
 VLLM_VENV_PYTHON = Path(__file__).resolve().parent.parent / ".venv-vllm" / "bin" / "python"
 
@@ -121,7 +121,7 @@ def server_env(config: VllmConfig, server: VllmServer) -> dict[str, str]:
 def model_path(server: VllmServer, cache_dir: Path) -> str:
     """What vLLM's --model gets: the prepared packaged folder, a local folder, or a model id."""
     if server.is_packaged:
-        from experts.packaged import prepare_model
+        from expertmesh.experts.packaged import prepare_model
 
         return str(prepare_model(cache_dir))
     return server.base_model

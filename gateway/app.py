@@ -15,13 +15,13 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from expertmesh.config import Config
-from experts.pool import ExpertPool
-from gateway.errors import APIError, from_validation_error
-from gateway.limits import BodySizeLimit
-from gateway.metrics import GatewayMetrics
-from gateway.protocol import ChatCompletionRequest, RouteRequest
-from gateway.serving import ChatService, decision_headers
-from router.policy import RoutingPolicy
+from expertmesh.experts.pool import ExpertPool
+from expertmesh.gateway.errors import APIError, from_validation_error
+from expertmesh.gateway.limits import BodySizeLimit
+from expertmesh.gateway.metrics import GatewayMetrics
+from expertmesh.gateway.protocol import ChatCompletionRequest, RouteRequest
+from expertmesh.gateway.serving import ChatService, decision_headers
+from expertmesh.router.policy import RoutingPolicy
 
 log = logging.getLogger(__name__)
 

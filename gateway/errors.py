@@ -7,7 +7,7 @@ import re
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from experts.errors import ExpertError, ExpertFailed, ExpertRejected, ExpertTimeout, ExpertUnavailable
+from expertmesh.experts.errors import ExpertError, ExpertFailed, ExpertRejected, ExpertTimeout, ExpertUnavailable
 
 
 class APIError(Exception):

@@ -20,8 +20,8 @@ import orjson
 from fastapi.responses import Response, StreamingResponse
 
 from expertmesh.config import FanoutConfig
-from experts.errors import ExpertError
-from experts.fanout import (
+from expertmesh.experts.errors import ExpertError
+from expertmesh.experts.fanout import (
     DIRECT_STRATEGIES,
     Assignment,
     ExpertAnswer,
@@ -30,14 +30,14 @@ from experts.fanout import (
     sum_usage,
     synthesize_stream,
 )
-from experts.pool import ExpertPool
-from gateway.errors import from_expert_error
-from gateway.protocol import ChatCompletionRequest, FanoutOptions
-from router.decision import RoutingDecision
-from router.decompose import decompose
-from router.policy import RoutingPolicy
-from router.text import routing_text
-from router.top_p import select_experts
+from expertmesh.experts.pool import ExpertPool
+from expertmesh.gateway.errors import from_expert_error
+from expertmesh.gateway.protocol import ChatCompletionRequest, FanoutOptions
+from expertmesh.router.decision import RoutingDecision
+from expertmesh.router.decompose import decompose
+from expertmesh.router.policy import RoutingPolicy
+from expertmesh.router.text import routing_text
+from expertmesh.router.top_p import select_experts
 
 
 Disconnected = Callable[[], Awaitable[bool]]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.errors import APIError
+from expertmesh.gateway.errors import APIError
 
 
 class BodySizeLimit:

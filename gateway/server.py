@@ -19,14 +19,14 @@ import uvicorn
 from fastapi import FastAPI
 
 from expertmesh.config import Config
-from experts.embedded.process import EmbeddedServerProcess
-from experts.pool import ExpertPool
-from experts.process import die_with_parent
-from gateway.app import build_app
-from gateway.metrics import MULTIPROC_ENV
-from router.classifier import load_classifier
-from router.onnx_minilm import THREADS_ENV, router_threads
-from router.policy import RoutingPolicy
+from expertmesh.experts.embedded.process import EmbeddedServerProcess
+from expertmesh.experts.pool import ExpertPool
+from expertmesh.experts.process import die_with_parent
+from expertmesh.gateway.app import build_app
+from expertmesh.gateway.metrics import MULTIPROC_ENV
+from expertmesh.router.classifier import load_classifier
+from expertmesh.router.onnx_minilm import THREADS_ENV, router_threads
+from expertmesh.router.policy import RoutingPolicy
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def run_gateway(config: Config, policy: RoutingPolicy | None, host: str, port: i
         _hand_to_workers(config, embedded_url, workers)
         if not os.environ.get(MULTIPROC_ENV):  # the workers add up their metrics through files here
             os.environ[MULTIPROC_ENV] = stack.enter_context(tempfile.TemporaryDirectory(prefix="expertmesh-metrics-"))
-        uvicorn.run("gateway.server:worker_app", factory=True, workers=workers, host=host, port=port,
+        uvicorn.run("expertmesh.gateway.server:worker_app", factory=True, workers=workers, host=host, port=port,
                     log_level="warning", access_log=False)  # fmt: skip
 
 

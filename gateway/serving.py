@@ -11,16 +11,16 @@ import orjson
 from fastapi.responses import Response, StreamingResponse
 
 from expertmesh.config import AUTO_MODEL, FanoutConfig
-from experts.client import ExpertClient
-from experts.errors import ExpertError, ExpertUnavailable
-from experts.pool import ExpertPool
-from gateway.errors import APIError, from_expert_error
-from gateway.fanout import Disconnected, FanoutResponder, FanoutSettings, plan_assignments
-from gateway.metrics import GatewayMetrics
-from gateway.protocol import ChatCompletionRequest
-from router.batching import MicroBatcher
-from router.decision import RoutingDecision
-from router.policy import RoutingPolicy
+from expertmesh.experts.client import ExpertClient
+from expertmesh.experts.errors import ExpertError, ExpertUnavailable
+from expertmesh.experts.pool import ExpertPool
+from expertmesh.gateway.errors import APIError, from_expert_error
+from expertmesh.gateway.fanout import Disconnected, FanoutResponder, FanoutSettings, plan_assignments
+from expertmesh.gateway.metrics import GatewayMetrics
+from expertmesh.gateway.protocol import ChatCompletionRequest
+from expertmesh.router.batching import MicroBatcher
+from expertmesh.router.decision import RoutingDecision
+from expertmesh.router.policy import RoutingPolicy
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from router.classifier import DomainClassifier
+from expertmesh.router.classifier import DomainClassifier
 
 
 class MicroBatcher:

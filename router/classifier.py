@@ -36,13 +36,13 @@ class ArtifactError(Exception):
 
 
 def _load_embed_linear(folder: Path) -> DomainClassifier:
-    from router.embed_linear import EmbeddingLinearClassifier
+    from expertmesh.router.embed_linear import EmbeddingLinearClassifier
 
     return EmbeddingLinearClassifier.load(folder)
 
 
 def _load_finetune(folder: Path) -> DomainClassifier:
-    from router.finetune import FinetunedClassifier
+    from expertmesh.router.finetune import FinetunedClassifier
 
     return FinetunedClassifier.load(folder)
 

@@ -40,7 +40,7 @@ class Example:
 
 
 def vendored_data_dir() -> Path:
-    return Path(str(resources.files("router") / "data" / "routing"))
+    return Path(str(resources.files("expertmesh.router") / "data" / "routing"))
 
 
 def data_files(path: Path) -> list[Path]:

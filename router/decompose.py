@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from router.policy import RoutingPolicy
+from expertmesh.router.policy import RoutingPolicy
 
 _PARTS = re.compile(r"(?<=[?.!;])\s+(?=[A-Z0-9\"'(])|;\s+")
 MIN_PART_WORDS = 3  # "Thanks." or "Also:" is not a question of its own

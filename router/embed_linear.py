@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from router.classifier import MANIFEST, ArtifactError, read_manifest
-from router.encoder import ENCODER_NAME, Encoder, load_encoder
+from expertmesh.router.classifier import MANIFEST, ArtifactError, read_manifest
+from expertmesh.router.encoder import ENCODER_NAME, Encoder, load_encoder
 
 WEIGHTS = "linear.npz"
 LABELS = "labels.json"

@@ -122,7 +122,7 @@ class TextEncoder:
 
 def _onnx_runtime(quantized: bool) -> Callable[[TextEncoder], Callable[[list[str]], np.ndarray]]:
     def build(encoder: TextEncoder) -> Callable[[list[str]], np.ndarray]:
-        from router.onnx_minilm import OnnxModel
+        from expertmesh.router.onnx_minilm import OnnxModel
 
         model = OnnxModel(minilm_path(), quantized)
 

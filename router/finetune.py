@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from router.calibration import softmax
-from router.classifier import MANIFEST, read_manifest
-from router.data import data_files, fingerprint, vendored_data_dir
-from router.encoder import ENCODER_NAME, minilm_path
-from router.training import Corpus, TrainResult, build_examples, held_out_mask, held_out_report
+from expertmesh.router.calibration import softmax
+from expertmesh.router.classifier import MANIFEST, read_manifest
+from expertmesh.router.data import data_files, fingerprint, vendored_data_dir
+from expertmesh.router.encoder import ENCODER_NAME, minilm_path
+from expertmesh.router.training import Corpus, TrainResult, build_examples, held_out_mask, held_out_report
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class FinetunedClassifier:
 
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         # Inference through ONNX Runtime (BENCHMARKS.md: ~2.5x faster than torch, same logits).
-        from router.onnx_minilm import OnnxModel
+        from expertmesh.router.onnx_minilm import OnnxModel
 
         self._onnx = OnnxModel(str(folder), quantized=False, head="logits")
         self.labels = list(labels)

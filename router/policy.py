@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 
 from expertmesh.config import Config, MultiTurnConfig
-from router.classifier import DomainClassifier
-from router.decision import Conversation, RoutingDecision
-from router.text import user_turns
+from expertmesh.router.classifier import DomainClassifier
+from expertmesh.router.decision import Conversation, RoutingDecision
+from expertmesh.router.text import user_turns
 
 DEFAULT_THRESHOLD = 0.35  # for an artifact that chose none and a config that sets none
 

@@ -24,15 +24,15 @@ from pathlib import Path
 
 import numpy as np
 
-from router.augment import variant
-from router.calibration import (
+from expertmesh.router.augment import variant
+from expertmesh.router.calibration import (
     expected_calibration_error,
     fit_temperature,
     reliability_bins,
     softmax,
     threshold_for_misroute_rate,
 )
-from router.data import (
+from expertmesh.router.data import (
     HELD_OUT_SOURCES,
     Example,
     balanced_sample,
@@ -41,9 +41,9 @@ from router.data import (
     read_examples,
     vendored_data_dir,
 )
-from router.embed_linear import EmbeddingLinearClassifier
-from router.encoder import build_encoder
-from router.metrics import classification_metrics
+from expertmesh.router.embed_linear import EmbeddingLinearClassifier
+from expertmesh.router.encoder import build_encoder
+from expertmesh.router.metrics import classification_metrics
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ import pytest
 import uvicorn
 
 from expertmesh.config import Config
-from experts.pool import ExpertPool
-from gateway.app import build_app
-from router.policy import RoutingPolicy
+from expertmesh.experts.pool import ExpertPool
+from expertmesh.gateway.app import build_app
+from expertmesh.router.policy import RoutingPolicy
 from tests.fake_expert import build_fake_app
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -124,6 +124,6 @@ def trained_router(tmp_path_factory) -> Path:
 def embedded_model():
     """The real SmolLM2-135M-Instruct (converted once into the user's model cache)."""
     from expertmesh.config import load_config
-    from experts.embedded.model import EmbeddedChatModel, prepare_model
+    from expertmesh.experts.embedded.model import EmbeddedChatModel, prepare_model
 
     return EmbeddedChatModel(prepare_model(load_config().embedded.cache_dir))

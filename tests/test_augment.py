@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from router.augment import (
+from expertmesh.router.augment import (
     add_typos,
     conversational,
     drop_punctuation,
@@ -15,7 +15,7 @@ from router.augment import (
     strip_options,
     variant,
 )
-from router.data import Example, _water_fill, balanced_sample
+from expertmesh.router.data import Example, _water_fill, balanced_sample
 
 MCQ = "Which vitamin deficiency causes scurvy?\nA. Vitamin A\nB. Vitamin C\nC. Vitamin D\nD. Vitamin K"
 

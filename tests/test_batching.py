@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from router.batching import MicroBatcher
+from expertmesh.router.batching import MicroBatcher
 
 
 class SlowEcho:

@@ -7,8 +7,8 @@ import json
 import httpx
 import pytest
 
-from experts.embedded.model import SERVED_MODEL_NAME, StopBuffer
-from experts.embedded.server import EmbeddedServer, build_embedded_app
+from expertmesh.experts.embedded.model import SERVED_MODEL_NAME, StopBuffer
+from expertmesh.experts.embedded.server import EmbeddedServer, build_embedded_app
 from tests.conftest import serve_in_thread
 
 
@@ -103,7 +103,7 @@ def test_refuses_what_it_cannot_do(embedded_url):
 @pytest.mark.slow
 def test_a_conversion_by_another_transformers_version_is_redone(embedded_model, tmp_path):
     from expertmesh.config import load_config
-    from experts.embedded.model import prepare_model
+    from expertmesh.experts.embedded.model import prepare_model
 
     cached = prepare_model(load_config().embedded.cache_dir)  # converted by this version
     marker = (cached / ".complete").read_text()

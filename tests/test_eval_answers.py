@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from eval.answers import (
+from expertmesh.eval.answers import (
     choice_from_logprobs,
     extract_choice,
     extract_label,
     extract_number,
     short_answer_correct,
 )
-from eval.bench_tasks import all_suites, all_tasks, load_items
-from eval.sandbox import extract_code, run_tests
+from expertmesh.eval.bench_tasks import all_suites, all_tasks, load_items
+from expertmesh.eval.sandbox import extract_code, run_tests
 
 LETTERS = ("A", "B", "C", "D")
 OPTIONS = ("make more phone calls", "quit eating lunch out", "buy less with monopoly money", "have lunch with friends")

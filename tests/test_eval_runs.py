@@ -14,7 +14,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from eval.bench_report import bootstrap_interval, summarize
+from expertmesh.eval.bench_report import bootstrap_interval, summarize
 from expertmesh.cli import app
 from tests.conftest import REPO, serve_in_thread
 from tests.fake_expert import build_fake_app
@@ -71,7 +71,7 @@ def test_a_run_writes_a_report_with_every_system_and_domain(fake_run_config, tmp
 @pytest.mark.slow
 def test_a_killed_run_resumes_without_losing_or_repeating_answers(fake_run_config, tmp_path):
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "expertmesh", *run_args(fake_run_config, out, "--concurrency", "1")]
+    command = [sys.executable, "-m", "expertmesh.cli", *run_args(fake_run_config, out, "--concurrency", "1")]
     first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while len(lines(out / "answers.jsonl")) < 5 and time.monotonic() < deadline:
@@ -124,7 +124,7 @@ def test_bootstrap_intervals_cover_the_mean_and_narrow_with_more_items():
 
 
 def test_the_smoke_suite_covers_every_domain():
-    from eval.bench_tasks import all_suites, all_tasks
+    from expertmesh.eval.bench_tasks import all_suites, all_tasks
 
     domains = {all_tasks()[name].domain for name in all_suites()["smoke"].tasks}
     assert domains == {"medical", "legal", "finance", "code", "math", "science", "general"}
@@ -132,7 +132,7 @@ def test_the_smoke_suite_covers_every_domain():
 
 
 def test_concurrency_defaults_to_one_for_the_embedded_model_only():
-    from eval.bench_run import default_concurrency
+    from expertmesh.eval.bench_run import default_concurrency
     from expertmesh.config import load_config
 
     embedded = load_config()  # the default config: every expert is the embedded SmolLM2

@@ -11,8 +11,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from expertmesh.config import ExpertConfig
-from experts.client import ExpertClient
-from experts.errors import ExpertRejected, ExpertTimeout, ExpertUnavailable
+from expertmesh.experts.client import ExpertClient
+from expertmesh.experts.errors import ExpertRejected, ExpertTimeout, ExpertUnavailable
 from tests.conftest import free_port, serve_in_thread
 from tests.fake_expert import build_fake_app
 
@@ -193,7 +193,7 @@ def test_idle_connections_are_reused_then_dropped_before_the_server_drops_them(m
         ports.append(request.client.port)
         return JSONResponse({"choices": [{"message": {"role": "assistant", "content": "ok"}}]})
 
-    monkeypatch.setattr("experts.client.KEEPALIVE_S", 0.3)
+    monkeypatch.setattr("expertmesh.experts.client.KEEPALIVE_S", 0.3)
 
     async def run(url: str) -> None:
         client = _client(url)

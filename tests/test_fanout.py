@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 
 from expertmesh.config import Config
-from experts.fanout import Assignment, ask_experts
-from experts.pool import ExpertPool
-from gateway.app import build_app
-from router.decompose import decompose, split_parts
-from router.policy import RoutingPolicy
-from router.top_p import select_experts
+from expertmesh.experts.fanout import Assignment, ask_experts
+from expertmesh.experts.pool import ExpertPool
+from expertmesh.gateway.app import build_app
+from expertmesh.router.decompose import decompose, split_parts
+from expertmesh.router.policy import RoutingPolicy
+from expertmesh.router.top_p import select_experts
 from tests.conftest import DOMAINS, KeywordClassifier, fake_config, serve_in_thread
 
 EXPERT_FOR_DOMAIN = {d: d for d in DOMAINS if d != "science"} | {"science": "general"}
@@ -244,7 +244,7 @@ def test_cancelling_a_fanout_cancels_every_request_in_flight():
 
 @pytest.mark.slow
 def test_synthesis_with_the_real_embedded_model(embedded_model):
-    from experts.embedded.server import EmbeddedServer, build_embedded_app
+    from expertmesh.experts.embedded.server import EmbeddedServer, build_embedded_app
 
     server = EmbeddedServer(embedded_model, ["smollm2-135m-instruct"], 256)
     with serve_in_thread(build_embedded_app(server)) as embedded_url:

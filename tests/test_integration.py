@@ -18,10 +18,10 @@ import pytest
 import yaml
 
 from expertmesh.config import default_config_path, load_config
-from experts.pool import ExpertPool
-from gateway.app import build_app
-from router.classifier import load_classifier
-from router.policy import RoutingPolicy
+from expertmesh.experts.pool import ExpertPool
+from expertmesh.gateway.app import build_app
+from expertmesh.router.classifier import load_classifier
+from expertmesh.router.policy import RoutingPolicy
 from tests.conftest import free_port, serve_in_thread
 
 pytestmark = pytest.mark.slow
@@ -63,7 +63,7 @@ def served_gateway(trained_router, tmp_path_factory):
     config["gateway"]["port"] = port
     path = tmp_path_factory.mktemp("serve") / "expertmesh.yaml"
     path.write_text(yaml.safe_dump(config))
-    process = subprocess.Popen([sys.executable, "-m", "expertmesh", "serve", "--config", str(path)])
+    process = subprocess.Popen([sys.executable, "-m", "expertmesh.cli", "serve", "--config", str(path)])
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(f"{url}/readyz", process)
@@ -114,7 +114,7 @@ def killable_expert(tmp_path):
     """A real embedded server in its own process, and a gateway in front of it."""
     port = free_port()
     cache_dir = str(load_config().embedded.cache_dir)
-    process = subprocess.Popen([sys.executable, "-m", "experts.embedded", "--port", str(port), "--cache-dir", cache_dir])
+    process = subprocess.Popen([sys.executable, "-m", "expertmesh.experts.embedded", "--port", str(port), "--cache-dir", cache_dir])
     try:
         wait_ready(f"http://127.0.0.1:{port}/health", process)
         base = yaml.safe_load(default_config_path().read_text())
@@ -189,7 +189,7 @@ def _serve_with_workers(trained_router, fake_expert, tmp_path, workers: int):
     metrics_dir = tmp_path / "metrics"
     metrics_dir.mkdir()
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
-    process = subprocess.Popen([sys.executable, "-m", "expertmesh", "serve", "--config", str(path)], env=env)
+    process = subprocess.Popen([sys.executable, "-m", "expertmesh.cli", "serve", "--config", str(path)], env=env)
     try:
         wait_ready(f"http://127.0.0.1:{port}/readyz", process, timeout_s=120)
         yield f"http://127.0.0.1:{port}", process

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from expertmesh.config import ExpertConfig
-from experts.prompts import ExpertPrompt
+from expertmesh.experts.prompts import ExpertPrompt
 
 
 def prompt(system: str = "You are a doctor.", template: str = "Question ({domain}): {query}") -> ExpertPrompt:

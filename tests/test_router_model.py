@@ -11,10 +11,10 @@ from typer.testing import CliRunner
 
 from expertmesh.cli import app
 from expertmesh.config import load_config
-from router.classifier import ArtifactError, load_classifier
-from router.embed_linear import EmbeddingLinearClassifier
-from router.policy import RoutingPolicy
-from router.training import TrainSettings, current_fingerprint
+from expertmesh.router.classifier import ArtifactError, load_classifier
+from expertmesh.router.embed_linear import EmbeddingLinearClassifier
+from expertmesh.router.policy import RoutingPolicy
+from expertmesh.router.training import TrainSettings, current_fingerprint
 
 pytestmark = pytest.mark.slow
 
@@ -173,7 +173,7 @@ TEXTS_OF_ALL_LENGTHS = [
 @pytest.mark.slow
 def test_onnx_runtime_gives_sentence_transformers_embeddings():
     """The default runtime is ONNX Runtime for speed; it must compute the same function."""
-    from router.encoder import TextEncoder
+    from expertmesh.router.encoder import TextEncoder
 
     reference = TextEncoder(runtime="torch").encode(TEXTS_OF_ALL_LENGTHS)
     onnx = TextEncoder(runtime="onnx").encode(TEXTS_OF_ALL_LENGTHS)
@@ -184,7 +184,7 @@ def test_onnx_runtime_gives_sentence_transformers_embeddings():
 
 
 def test_unknown_runtime_is_refused():
-    from router.encoder import TextEncoder
+    from expertmesh.router.encoder import TextEncoder
 
     with pytest.raises(ValueError, match="unknown runtime 'tpu'"):
         TextEncoder(runtime="tpu")

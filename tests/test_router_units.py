@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from expertmesh.config import load_config
-from router.data import (
+from expertmesh.router.data import (
     DataError,
     Example,
     fingerprint,
@@ -17,8 +17,8 @@ from router.data import (
     split_held_out_sources,
     vendored_data_dir,
 )
-from router.metrics import classification_metrics
-from router.policy import RoutingPolicy
+from expertmesh.router.metrics import classification_metrics
+from expertmesh.router.policy import RoutingPolicy
 from tests.conftest import KeywordClassifier
 
 
@@ -144,7 +144,7 @@ def test_single_turns_and_disabled_history_route_the_last_turn_alone():
 
 def test_a_domain_conversation_never_switches_to_general():
     """Generic follow-ups ("why is that?") look like 'general'; even a confident one keeps the specialist."""
-    from router.policy import combine_turns
+    from expertmesh.router.policy import combine_turns
 
     labels = KeywordClassifier.labels
     medical, general = labels.index("medical"), labels.index("general")

@@ -8,9 +8,9 @@ import json
 import pytest
 from rich.console import Console
 
-import expertmesh.routers as routers
+import expertmesh.cli.router_setup as routers
 from expertmesh.config import load_config
-from router.training import TrainSettings
+from expertmesh.router.training import TrainSettings
 
 pytestmark = pytest.mark.slow
 

@@ -21,11 +21,11 @@ import pytest
 import yaml
 
 from expertmesh.config import load_config
-from experts.pool import ExpertPool
-from experts.vllm import VLLM_VENV_PYTHON
-from gateway.app import build_app
-from router.classifier import load_classifier
-from router.policy import RoutingPolicy
+from expertmesh.experts.pool import ExpertPool
+from expertmesh.experts.vllm import VLLM_VENV_PYTHON
+from expertmesh.gateway.app import build_app
+from expertmesh.router.classifier import load_classifier
+from expertmesh.router.policy import RoutingPolicy
 from tests.conftest import REPO, free_port, serve_in_thread
 
 pytestmark = pytest.mark.vllm
@@ -34,7 +34,7 @@ START_TIMEOUT_S = 900
 
 
 def expertmesh(*args: str, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "expertmesh", *args], **kwargs)
+    return subprocess.Popen([sys.executable, "-m", "expertmesh.cli", *args], **kwargs)
 
 
 def vllm_processes(port: int) -> list[int]:
@@ -73,7 +73,7 @@ def vllm_config(trained_router, tmp_path_factory) -> Path:
 def vllm_server(vllm_config):
     """`expertmesh experts serve` running; yields (base URL, its process)."""
     prepared = subprocess.run(
-        [sys.executable, "-m", "expertmesh", "experts", "prepare", "--config", str(vllm_config)],
+        [sys.executable, "-m", "expertmesh.cli", "experts", "prepare", "--config", str(vllm_config)],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert prepared.returncode == 0, prepared.stderr

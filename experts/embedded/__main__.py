@@ -1,4 +1,4 @@
-"""`python -m experts.embedded`: run the embedded expert server (what `expertmesh serve` starts)."""
+"""`python -m expertmesh.experts.embedded`: run the embedded expert server (what `expertmesh serve` starts)."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import argparse
 import logging
 from pathlib import Path
 
-from experts.embedded.model import SERVED_MODEL_NAME
+from expertmesh.experts.embedded.model import SERVED_MODEL_NAME
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m experts.embedded", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m expertmesh.experts.embedded", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8001)
     parser.add_argument("--cache-dir", type=Path, default=Path("~/.cache/expertmesh/models"))
@@ -21,8 +21,8 @@ def main(argv: list[str] | None = None) -> None:
 
     import uvicorn
 
-    from experts.embedded.model import EmbeddedChatModel, prepare_model
-    from experts.embedded.server import EmbeddedServer, build_embedded_app
+    from expertmesh.experts.embedded.model import EmbeddedChatModel, prepare_model
+    from expertmesh.experts.embedded.server import EmbeddedServer, build_embedded_app
 
     model = EmbeddedChatModel(prepare_model(args.cache_dir.expanduser()))
     server = EmbeddedServer(model, args.names or [SERVED_MODEL_NAME], args.max_tokens_limit)

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from experts.packaged import SERVED_MODEL_NAME, prepare_model  # noqa: F401  (re-exported)
+from expertmesh.experts.packaged import SERVED_MODEL_NAME, prepare_model  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 
 from expertmesh.config import EmbeddedConfig
-from experts.embedded.model import SERVED_MODEL_NAME
-from experts.process import ServerProcess, free_port
+from expertmesh.experts.embedded.model import SERVED_MODEL_NAME
+from expertmesh.experts.process import ServerProcess, free_port
 
 
 class EmbeddedServerProcess:
@@ -24,7 +24,7 @@ class EmbeddedServerProcess:
 
     def command(self) -> list[str]:
         return [
-            sys.executable, "-m", "experts.embedded",
+            sys.executable, "-m", "expertmesh.experts.embedded",
             "--host", self.config.host,
             "--port", str(self.port),
             "--cache-dir", str(self.config.cache_dir),

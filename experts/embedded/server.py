@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from expertmesh.messages import message_text
-from experts.embedded.model import EmbeddedChatModel, Generation, SamplingParams
+from expertmesh.experts.embedded.model import EmbeddedChatModel, Generation, SamplingParams
 
 
 class _Message(BaseModel):

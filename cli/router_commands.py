@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.progress import Progress
 
-from expertmesh.cli_common import ConfigOption, fail, load_or_exit, stderr
+from expertmesh.cli.common import ConfigOption, fail, load_or_exit, stderr
 
 router_app = typer.Typer(help="Train and evaluate the router.", no_args_is_help=True)
 
@@ -29,8 +29,8 @@ def train(
     seed: Annotated[int, typer.Option(help="Seed for sampling, variants, splits and training.")] = 0,
 ) -> None:
     """Train the router on the vendored data, calibrate it, and write its report (md, json, PNG)."""
-    from expertmesh.routers import SETTINGS, TRAINERS, train_and_report
-    from router.encoder import ENCODERS
+    from expertmesh.cli.router_setup import SETTINGS, TRAINERS, train_and_report
+    from expertmesh.router.encoder import ENCODERS
 
     cfg = load_or_exit(config)
     kind = kind or cfg.router.kind
@@ -52,7 +52,7 @@ def train(
 
 
 def _print_summary(report: dict, folder: Path) -> None:
-    from eval.routing import render_metrics
+    from expertmesh.eval.routing import render_metrics
 
     console = Console()
     held_out = report["held_out_sources"]
@@ -82,9 +82,9 @@ def evaluate(
     report: Annotated[Path | None, typer.Option(help="Also write report.md, report.json and confusion.png here.")] = None,
 ) -> None:
     """Accuracy, macro-F1, per-domain precision/recall/F1 and the confusion matrix on labelled data."""
-    from eval.routing import evaluate_classifier, render_metrics
-    from router.classifier import ArtifactError, load_classifier
-    from router.data import DataError, read_examples
+    from expertmesh.eval.routing import evaluate_classifier, render_metrics
+    from expertmesh.router.classifier import ArtifactError, load_classifier
+    from expertmesh.router.data import DataError, read_examples
 
     cfg = load_or_exit(config)
     folder = (router or cfg.router.artifact).expanduser()
@@ -98,7 +98,7 @@ def evaluate(
         metrics = evaluate_classifier(classifier, examples, on_batch=lambda n: progress.advance(task, n))
     render_metrics(Console(), metrics, f"Router {folder.name} on {data}")
     if report is not None:
-        from eval.router_report import write_report
+        from expertmesh.eval.router_report import write_report
 
         write_report(report, {"summary": {"router": str(folder), "data": str(data)}, "evaluation": metrics},
                      f"Router {folder.name} on {data.name}")  # fmt: skip

@@ -11,10 +11,10 @@ from typing import Annotated
 
 import typer
 
-from expertmesh.cli_common import ConfigOption, fail, load_or_exit, stderr
-from expertmesh.cli_eval import eval_app
-from expertmesh.cli_experts import experts_app
-from expertmesh.cli_router import router_app
+from expertmesh.cli.common import ConfigOption, fail, load_or_exit, stderr
+from expertmesh.cli.eval_commands import eval_app
+from expertmesh.cli.experts_commands import experts_app
+from expertmesh.cli.router_commands import router_app
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 app.add_typer(router_app, name="router")
@@ -47,9 +47,9 @@ def serve(
 
     If the router artifact does not exist yet, the default router is trained first.
     """
-    from expertmesh.routers import load_or_train_policy
-    from gateway.server import run_gateway
-    from router.classifier import ArtifactError
+    from expertmesh.cli.router_setup import load_or_train_policy
+    from expertmesh.gateway.server import run_gateway
+    from expertmesh.router.classifier import ArtifactError
 
     cfg = load_or_exit(config)
     workers = workers or cfg.gateway.workers
@@ -70,8 +70,8 @@ def route(
     router: Annotated[Path | None, typer.Option(help="Router artifact folder (default: router.artifact).")] = None,
 ) -> None:
     """Print the routing decision for one text, as JSON."""
-    from expertmesh.routers import load_policy
-    from router.classifier import ArtifactError
+    from expertmesh.cli.router_setup import load_policy
+    from expertmesh.router.classifier import ArtifactError
 
     cfg = load_or_exit(config)
     try:

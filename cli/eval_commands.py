@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from expertmesh.cli_common import ConfigOption, fail, load_or_exit, stderr
+from expertmesh.cli.common import ConfigOption, fail, load_or_exit, stderr
 
 eval_app = typer.Typer(help="Evaluate the routed system against oracle and single experts.", no_args_is_help=True)
 
@@ -21,7 +21,7 @@ def list_tasks() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from eval.bench_tasks import TaskError, all_suites, all_tasks
+    from expertmesh.eval.bench_tasks import TaskError, all_suites, all_tasks
 
     try:
         tasks, suites = all_tasks(), all_suites()
@@ -49,7 +49,7 @@ def run(
     gateway: Annotated[str | None, typer.Option(help="Base URL of a running gateway (…/v1): routed answers go through it.")] = None,
 ) -> None:
     """Run a suite: every system's answers, stored as they arrive (a rerun resumes), then the report."""
-    from eval.bench_run import (
+    from expertmesh.eval.bench_run import (
         MODES,
         RunError,
         RunSettings,
@@ -59,9 +59,9 @@ def run(
         suite_tasks,
         write_manifest,
     )
-    from eval.bench_tasks import TaskError
-    from expertmesh.routers import load_or_train_policy
-    from router.classifier import ArtifactError
+    from expertmesh.eval.bench_tasks import TaskError
+    from expertmesh.cli.router_setup import load_or_train_policy
+    from expertmesh.router.classifier import ArtifactError
 
     cfg = load_or_exit(config)
     concurrency = concurrency or default_concurrency(cfg, gateway)
@@ -101,10 +101,10 @@ def _answer(plan, folder: Path, settings, cfg) -> list[str]:
         TimeRemainingColumn,
     )
 
-    from eval.answer_store import AnswerStore, answer_key
-    from eval.bench_run import TOP_P_RESPONDER, answer_all
-    from experts.embedded.process import EmbeddedServerProcess
-    from experts.pool import ExpertPool
+    from expertmesh.eval.answer_store import AnswerStore, answer_key
+    from expertmesh.eval.bench_run import TOP_P_RESPONDER, answer_all
+    from expertmesh.experts.embedded.process import EmbeddedServerProcess
+    from expertmesh.experts.pool import ExpertPool
 
     store = AnswerStore(folder)
     done = sum(store.get(answer_key(i.task, i.id, r, m)) is not None for i, r, m in plan.jobs)
@@ -139,7 +139,7 @@ def _answer(plan, folder: Path, settings, cfg) -> list[str]:
 
 
 def _finish(folder: Path, failures: list[str]) -> None:
-    from eval.bench_report import write_report
+    from expertmesh.eval.bench_report import write_report
 
     results = write_report(folder)
     _print_summary(results)

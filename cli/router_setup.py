@@ -10,10 +10,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from expertmesh.config import Config
-from router.classifier import ArtifactError, load_classifier, read_manifest
-from router.finetune import FinetuneSettings, train_finetune
-from router.policy import RoutingPolicy
-from router.training import TrainResult, TrainSettings, current_fingerprint, train_embed_linear
+from expertmesh.router.classifier import ArtifactError, load_classifier, read_manifest
+from expertmesh.router.finetune import FinetuneSettings, train_finetune
+from expertmesh.router.policy import RoutingPolicy
+from expertmesh.router.training import TrainResult, TrainSettings, current_fingerprint, train_embed_linear
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +44,8 @@ def train_with_progress(
 def train_and_report(config: Config, out: Path, settings: TrainSettings, console: Console, kind: str | None = None) -> dict:
     """Train, then measure what the router will face (random split, leave-one-source-out,
     robustness slices, multi-turn) and write report.json, report.md and plots into `out`."""
-    from eval import router_eval
-    from eval.router_report import write_report
+    from expertmesh.eval import router_eval
+    from expertmesh.eval.router_report import write_report
 
     result = train_with_progress(kind or config.router.kind, out, config.domains, settings, console)
     with console.status("evaluating: random split, leave-one-source-out, slices, multi-turn"):

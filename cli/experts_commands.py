@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from expertmesh.cli_common import ConfigOption, fail, load_or_exit
+from expertmesh.cli.common import ConfigOption, fail, load_or_exit
 
 experts_app = typer.Typer(help="Run and inspect expert backends.", no_args_is_help=True)
 
@@ -17,7 +17,7 @@ def embedded(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8001,
 ) -> None:
     """Run the embedded SmolLM2 expert server in the foreground (what `serve` starts for you)."""
-    from experts.embedded.__main__ import main as run_embedded
+    from expertmesh.experts.embedded.__main__ import main as run_embedded
 
     cfg = load_or_exit(config)
     names = sorted({expert.model for expert in cfg.experts if expert.is_embedded}) or None
@@ -53,7 +53,7 @@ def prepare(config: ConfigOption = None) -> None:
     from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from experts.packaged import prepare_model
+    from expertmesh.experts.packaged import prepare_model
 
     cfg = load_or_exit(config)
     console = Console(stderr=True)
@@ -85,8 +85,8 @@ def serve_experts(config: ConfigOption = None) -> None:
     from rich.console import Console
 
     from expertmesh.config import ConfigError
-    from experts.process import ServerStartError
-    from experts.vllm import VllmFleet, plan_servers
+    from expertmesh.experts.process import ServerStartError
+    from expertmesh.experts.vllm import VllmFleet, plan_servers
 
     cfg = load_or_exit(config)
     console = Console(stderr=True, highlight=False)

@@ -1,0 +1,5 @@
+"""`python -m expertmesh.cli`: the `expertmesh` command without its console script."""
+
+from expertmesh.cli import main
+
+main()

@@ -1,3 +1,0 @@
-from expertmesh.cli import main
-
-main()
