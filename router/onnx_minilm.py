@@ -11,29 +11,53 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-ONNX_CACHE = Path("~/.cache/expertmesh/onnx")
+from expertmesh import paths
+
 OPSET = 17
+
+
+def import_onnxruntime():
+    """onnxruntime, imported so that it writes nothing in the user's home.
+
+    On import, ONNX Runtime creates a telemetry device id and database under
+    $XDG_CACHE_HOME/Microsoft/DeveloperTools (~/.cache when unset). Unless the user chose
+    XDG_CACHE_HOME, it goes under $EXPERTMESH_HOME with expertmesh's other files; the variable is
+    set for the import only, so that nothing else (child processes included) sees it. Telemetry
+    events are switched off: a gateway has no business reporting on its users.
+    """
+    if "onnxruntime" in sys.modules or os.environ.get("XDG_CACHE_HOME"):
+        import onnxruntime
+    else:
+        os.environ["XDG_CACHE_HOME"] = str(paths.home())
+        try:
+            import onnxruntime
+        finally:
+            del os.environ["XDG_CACHE_HOME"]
+    onnxruntime.disable_telemetry_events()
+    return onnxruntime
 
 
 HEADS = ("mean_pooled", "logits")  # a sentence embedding, or a sequence classifier's logits
 
 
-def cached_model(model_dir: str, quantized: bool, head: str = "mean_pooled", cache: Path = ONNX_CACHE) -> Path:
-    """The path of the exported (and, if asked, int8-quantised) graph, exported on first use."""
+def cached_model(model_dir: str, quantized: bool, head: str = "mean_pooled", cache: Path | None = None) -> Path:
+    """The path of the exported (and, if asked, int8-quantised) graph, exported on first use
+    into `cache` (default: $EXPERTMESH_HOME/onnx)."""
     if head not in HEADS:
         raise ValueError(f"unknown head '{head}'; known heads: {list(HEADS)}")
-    import onnxruntime
+    onnxruntime = import_onnxruntime()
 
     # The weights' size and time stamp are in the key: a model retrained in place is exported again.
     weights = sorted(Path(model_dir).glob("*.safetensors")) + sorted(Path(model_dir).glob("*.bin"))
     stamp = [(w.name, w.stat().st_size, w.stat().st_mtime_ns) for w in weights]
     key = hashlib.sha256(f"{model_dir}|{stamp}|{head}|{onnxruntime.__version__}".encode()).hexdigest()[:12]
-    folder = cache.expanduser()
+    folder = (cache or paths.onnx_cache()).expanduser()
     fp32 = folder / f"minilm-{key}.onnx"
     if not fp32.exists():
         _atomic_write(fp32, lambda tmp: _export(model_dir, tmp, head))
@@ -106,6 +130,7 @@ def _export(model_dir: str, target: Path, head: str) -> None:
 
 
 def _quantize(source: Path, target: Path) -> None:
+    import_onnxruntime()
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
@@ -129,8 +154,7 @@ class OnnxModel:
     concurrently; the tokenizer is the caller's to guard)."""
 
     def __init__(self, model_dir: str, quantized: bool = False, head: str = "mean_pooled") -> None:
-        import onnxruntime
-
+        onnxruntime = import_onnxruntime()
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3  # the exported graph's harmless shape warnings
         # ONNX Runtime's worker threads spin while waiting for work by default: on a machine that

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -19,8 +21,25 @@ from expertmesh.router.policy import RoutingPolicy
 from tests.fake_expert import build_fake_app
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+_TEST_HOME = pytest.StashKey[Path]()
 DOMAINS = ["medical", "legal", "finance", "code", "math", "science", "general"]
 REPO = Path(__file__).resolve().parent.parent
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Everything the suite writes goes to one temporary folder, removed at the end: expertmesh's
+    caches ($EXPERTMESH_HOME: models, routers, ONNX exports, logs) and matplotlib's font cache.
+    Subprocesses (gateways, expert servers) inherit it."""
+    home = Path(tempfile.mkdtemp(prefix="expertmesh-tests-"))
+    config.stash[_TEST_HOME] = home
+    os.environ["EXPERTMESH_HOME"] = str(home / "expertmesh")
+    os.environ["MPLCONFIGDIR"] = str(home / "matplotlib")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    home = config.stash.get(_TEST_HOME, None)
+    if home is not None:
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -122,7 +141,7 @@ def trained_router(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def embedded_model():
-    """The real SmolLM2-135M-Instruct (converted once into the user's model cache)."""
+    """The real SmolLM2-135M-Instruct (converted once per test session, into the suite's temporary home)."""
     from expertmesh.config import load_config
     from expertmesh.experts.embedded.model import EmbeddedChatModel, prepare_model
 
