@@ -70,26 +70,45 @@ def compute(folder: Path) -> dict:
                 "mean_completion_tokens": round(statistics.fmean(tokens_out), 1) if tokens_out else None,
                 "median_latency_s": round(statistics.median(latencies), 3) if latencies else None,
             }  # fmt: skip
-    results["routing"] = _routing(plan)
+    results["routing"] = _routing(plan, store)
     results["oracle_gap"] = _oracle_gap(results["systems"])
     results["manifest"] = json.loads((folder / "run.json").read_text()) if (folder / "run.json").exists() else {}
     return results
 
 
-def _routing(plan: dict) -> dict:
+def _routing(plan: dict, store: AnswerStore) -> dict:
+    """How the benchmark items were routed. Through a running gateway (`--gateway`), its own
+    decisions, as its answers report them; in-process, the router's decisions of the plan."""
     from sklearn.metrics import confusion_matrix
 
-    gold = [item["domain"] for item in plan["items"]]
-    predicted = [plan["routes"][item["key"]]["domain"] for item in plan["items"]]
+    decisions = {item["key"]: _decision(plan, store, item) for item in plan["items"]}
+    answered = [item for item in plan["items"] if decisions[item["key"]] is not None]
+    gold = [item["domain"] for item in answered]
+    predicted = [decisions[item["key"]]["domain"] or "none" for item in answered]
     labels = sorted(set(gold) | set(predicted))
-    routed = plan["responders"].get("routed", {})
-    share = Counter(routed.values())
+    share = Counter(decisions[item["key"]]["expert"] for item in answered)
+    through_gateway = "gateway" in plan["responders"].get("routed", {}).values()
     return {
+        "decided_by": "gateway" if through_gateway else "router",
         "accuracy": round(float(np.mean([g == p for g, p in zip(gold, predicted)])), 4) if gold else None,
-        "labels": labels, "confusion": confusion_matrix(gold, predicted, labels=labels).tolist(),
-        "expert_share": {name: round(count / max(len(routed), 1), 4) for name, count in share.most_common()},
-        "fallback_share": round(float(np.mean([r["routed_by"] == "fallback" for r in plan["routes"].values()])), 4),
+        "labels": labels, "confusion": confusion_matrix(gold, predicted, labels=labels).tolist() if gold else [],
+        "expert_share": {name: round(count / max(len(answered), 1), 4) for name, count in share.most_common()},
+        "fallback_share": round(float(np.mean([decisions[i["key"]]["routed_by"] == "fallback" for i in answered])), 4)
+        if answered else None,
     }  # fmt: skip
+
+
+def _decision(plan: dict, store: AnswerStore, item: dict) -> dict | None:
+    """The routing decision for an item: the gateway's, from its answer (None while unanswered),
+    or the in-process router's from the plan."""
+    if plan["responders"].get("routed", {}).get(item["key"]) != "gateway":
+        return plan["routes"][item["key"]]
+    for mode in plan["modes"]:
+        record = store.get(answer_key(item["task"], item["id"], "gateway", mode))
+        if record is not None and record.get("routed_expert"):
+            return {"expert": record["routed_expert"], "domain": record.get("routed_domain"),
+                    "routed_by": record.get("routed_by")}  # fmt: skip
+    return None
 
 
 def _oracle_gap(systems: dict) -> dict:
@@ -147,7 +166,8 @@ def render_markdown(results: dict, title: str) -> str:
         lines.append("")
     routing = results["routing"]
     lines += ["## Routing on the benchmark items", "",
-              f"accuracy {routing['accuracy']}; sent to the fallback expert: {routing['fallback_share']:.1%}; "
+              f"decisions of the {routing['decided_by']}; accuracy {routing['accuracy']}; "
+              f"sent to the fallback expert: {routing['fallback_share'] or 0:.1%}; "
               "routed traffic per expert: " + ", ".join(f"{k} {v:.0%}" for k, v in routing["expert_share"].items()),
               "", "![routing confusion](routing_confusion.png)", "",
               "## Cost per system", "", "| system | mode | mean tokens in | mean tokens out | median latency (s) |",
@@ -185,6 +205,8 @@ def plot(results: dict, folder: Path) -> None:
         figure.savefig(folder / f"{mode}_domains.png", dpi=120)
         plt.close(figure)
     routing = results["routing"]
+    if not routing["confusion"]:  # nothing routed yet (every answer through the gateway failed)
+        return
     figure, axes = plt.subplots(figsize=(5, 4.5))
     axes.imshow(routing["confusion"], cmap="Blues")
     axes.set_xticks(range(len(routing["labels"])), routing["labels"], rotation=45, ha="right")

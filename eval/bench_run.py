@@ -183,12 +183,14 @@ async def ask(item: Item, responder: str, mode: str, settings: RunSettings, pool
     else:
         prediction, correct = await asyncio.to_thread(score, item, text)  # MBPP runs code: off the loop
     usage = answer.get("usage") or {}
+    decision = answer.get("expertmesh") or {}  # the gateway's (or the fan-out's) routing decision
     return {
         "key": answer_key(item.task, item.id, responder, mode), "task": item.task, "item": item.id,
         "domain": item.domain, "responder": responder, "mode": mode, "text": text, "prediction": prediction,
         "correct": bool(correct), "prompt_tokens": usage.get("prompt_tokens", 0),
         "completion_tokens": usage.get("completion_tokens", 0), "latency_s": round(latency, 4),
-        "routed_expert": (answer.get("expertmesh") or {}).get("expert"),
+        "routed_expert": decision.get("expert"), "routed_domain": decision.get("domain"),
+        "routed_by": decision.get("routed_by"),
     }  # fmt: skip
 
 

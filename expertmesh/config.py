@@ -89,6 +89,10 @@ class ExpertConfig(_Strict):
     generation: GenerationDefaults = Field(default_factory=GenerationDefaults)
     timeout_s: float = Field(default=120.0, gt=0)
     serve: ServeConfig | None = None  # only for URL backends that `experts serve` starts
+    # POST /v1/responses: "native" relays it to the expert's server, which serves the Responses
+    # API itself (vLLM does); "translate" turns it into a chat completion and the answer back.
+    # Unset: native for the vLLM servers that `experts serve` starts, translate for the others.
+    responses_api: Literal["native", "translate"] | None = None
 
     @field_validator("user_template")
     @classmethod
@@ -111,6 +115,8 @@ class ExpertConfig(_Strict):
 
     @model_validator(mode="after")
     def _serve_needs_a_url(self) -> ExpertConfig:
+        if self.responses_api == "native" and self.is_embedded:
+            raise ValueError("responses_api: the embedded server does not serve the Responses API; use 'translate' or leave it unset")
         if self.serve is not None and self.is_embedded:
             raise ValueError("serve: an 'embedded' expert has no vLLM server; set backend to the URL it should listen at")
         if self.serve is not None and str(self.backend).rstrip("/").split("/", 3)[3:] != ["v1"]:
@@ -120,6 +126,10 @@ class ExpertConfig(_Strict):
     @property
     def is_embedded(self) -> bool:
         return self.backend == "embedded"
+
+    @property
+    def serves_responses_api(self) -> bool:
+        return self.responses_api == "native" or (self.responses_api is None and self.serve is not None)
 
 
 class MultiTurnConfig(_Strict):

@@ -27,6 +27,10 @@ from expertmesh.experts.errors import ExpertError, ExpertFailed, ExpertRejected,
 from expertmesh.experts.prompts import ExpertPrompt
 
 CONNECT_TIMEOUT_S = 5.0
+# The OpenAI API paths under an expert's base URL (".../v1").
+CHAT_PATH = "/chat/completions"
+COMPLETIONS_PATH = "/completions"
+RESPONSES_PATH = "/responses"
 JSON_HEADERS = {"content-type": "application/json", "accept": "application/json"}
 # aiohttp splits a stream into lines in a buffer of twice this size; an SSE line with
 # top_logprobs can be long, so allow lines up to 2 MiB.
@@ -97,8 +101,8 @@ class ExpertClient:
         self._headers = dict(JSON_HEADERS)
         if config.api_key:
             self._headers["authorization"] = f"Bearer {config.api_key}"
-        self._chat_url = base_url.rstrip("/") + "/chat/completions"
-        self._models_url = base_url.rstrip("/") + "/models"
+        self._base = base_url.rstrip("/")
+        self._models_url = self._base + "/models"
         # No retries: a retry would double the latency of a slow expert; the caller decides.
         # sock_read bounds the wait for each piece of a stream; complete() also bounds the total.
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_S, sock_read=config.timeout_s)
@@ -120,21 +124,37 @@ class ExpertClient:
             )
         return self._session
 
+    @property
+    def serves_responses_api(self) -> bool:
+        """Whether this expert's server answers POST /responses itself."""
+        return self.config.serves_responses_api
+
     def request_body(self, request: dict[str, Any], domain: str | None = None) -> dict[str, Any]:
-        """The body for this expert: its model, its prompt format, its generation defaults."""
-        body = {**self._defaults, **{k: v for k, v in request.items() if v is not None}}
+        """The chat body for this expert: its model, its prompt format, its generation defaults."""
+        body = self.completion_body(request)
         if "max_completion_tokens" in body:
             body.pop("max_tokens", None)  # an explicit request value wins over our default
-        body["model"] = self.config.model
         body["messages"] = self.prompt.format(request["messages"], domain)
         return body
 
-    async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
-        """A non-streaming chat completion, as the JSON object the server returned."""
+    def completion_body(self, request: dict[str, Any]) -> dict[str, Any]:
+        """A body with this expert's model and its generation defaults under the request's fields
+        (a legacy completion's prompt is raw text: no prompt format applies)."""
+        body = {**self._defaults, **{k: v for k, v in request.items() if v is not None}}
+        body["model"] = self.config.model
+        return body
+
+    def responses_defaults(self) -> dict[str, Any]:
+        """The generation defaults in the Responses API's names."""
+        names = {"max_tokens": "max_output_tokens"}
+        return {names.get(key, key): value for key, value in self._defaults.items()}
+
+    async def complete(self, body: dict[str, Any], path: str = CHAT_PATH) -> dict[str, Any]:
+        """A non-streaming call (a chat completion by default), as the JSON object the server returned."""
         try:
             async with asyncio.timeout(self.config.timeout_s):
                 async with self._http().post(
-                    self._chat_url, data=orjson.dumps({**body, "stream": False}), proxy=self._proxy
+                    self._base + path, data=orjson.dumps({**body, "stream": False}), proxy=self._proxy
                 ) as response:
                     status, content = response.status, await response.read()
         except Exception as exc:
@@ -147,12 +167,12 @@ class ExpertClient:
             raise ExpertFailed(self.name, "answered with a body that is not JSON") from exc
 
     @asynccontextmanager
-    async def stream(self, body: dict[str, Any]) -> AsyncIterator[AsyncIterator[bytes]]:
-        """Open a streaming completion; the connection and the status are checked on entry,
-        so errors before the first chunk can still become an HTTP error status."""
+    async def stream(self, body: dict[str, Any], path: str = CHAT_PATH) -> AsyncIterator[AsyncIterator[bytes]]:
+        """Open a streaming call; the connection and the status are checked on entry, so errors
+        before the first chunk can still become an HTTP error status. Yields the SSE lines."""
         try:
             response = await self._http().post(
-                self._chat_url, data=orjson.dumps({**body, "stream": True}), proxy=self._proxy
+                self._base + path, data=orjson.dumps({**body, "stream": True}), proxy=self._proxy
             )
         except Exception as exc:
             raise _translate(self.name, exc) from exc

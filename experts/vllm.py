@@ -114,10 +114,12 @@ def vllm_python(config: VllmConfig) -> Path:
 
 def server_env(config: VllmConfig, server: VllmServer) -> dict[str, str]:
     env = dict(config.env)
-    # vLLM's compile cache goes under $EXPERTMESH_HOME with everything else expertmesh makes,
-    # unless the caller chose a place for it.
-    if "VLLM_CACHE_ROOT" not in os.environ:
-        env.setdefault("VLLM_CACHE_ROOT", str(paths.vllm_cache()))
+    # vLLM's caches (its own, and torch's compiled kernels on CPUs) go under $EXPERTMESH_HOME with
+    # everything else expertmesh makes, unless the caller chose a place for them.
+    caches = {"VLLM_CACHE_ROOT": paths.vllm_cache(), "TORCHINDUCTOR_CACHE_DIR": paths.vllm_cache() / "torchinductor"}
+    for variable, folder in caches.items():
+        if variable not in os.environ:
+            env.setdefault(variable, str(folder))
     if server.is_packaged:
         env.setdefault("HF_HUB_OFFLINE", "1")  # a local folder: never ask a hub
     return env

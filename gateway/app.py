@@ -19,7 +19,7 @@ from expertmesh.experts.pool import ExpertPool
 from expertmesh.gateway.errors import APIError, from_validation_error
 from expertmesh.gateway.limits import BodySizeLimit
 from expertmesh.gateway.metrics import GatewayMetrics
-from expertmesh.gateway.protocol import ChatCompletionRequest, RouteRequest
+from expertmesh.gateway.protocol import ChatCompletionRequest, CompletionRequest, ResponsesRequest, RouteRequest
 from expertmesh.gateway.serving import ChatService, decision_headers
 from expertmesh.router.policy import RoutingPolicy
 
@@ -81,6 +81,16 @@ def build_app(config: Config, policy: RoutingPolicy | None, experts: ExpertPool)
         """Answer a chat request with the routed (model "auto") or the named expert."""
         return await service.chat(await _parse(request, ChatCompletionRequest), request.is_disconnected)
 
+    @app.post("/v1/completions", dependencies=[Authenticated])
+    async def completions(request: Request, service: Service) -> Response:
+        """A legacy completion of a raw prompt; model "auto" routes on the prompt."""
+        return await service.completions(await _parse(request, CompletionRequest))
+
+    @app.post("/v1/responses", dependencies=[Authenticated])
+    async def responses(request: Request, service: Service) -> Response:
+        """The Responses API; model "auto" routes on the input."""
+        return await service.responses(await _parse(request, ResponsesRequest))
+
     @app.post("/v1/route", dependencies=[Authenticated])
     async def route(request: Request, service: Service) -> Response:
         """The routing decision alone, without asking an expert."""
@@ -89,14 +99,22 @@ def build_app(config: Config, policy: RoutingPolicy | None, experts: ExpertPool)
         decision = await service.route(messages)
         return JSONResponse(decision.to_dict(), headers=decision_headers(decision))
 
+    started = int(time.time())  # the models' "created": when this gateway started serving them
+
+    def model_card(model_id: str) -> dict:
+        return {"id": model_id, "object": "model", "created": started, "owned_by": "expertmesh"}
+
     @app.get("/v1/models", dependencies=[Authenticated])
     async def models(service: Service) -> dict:
-        """The auto model and every expert, in OpenAI's list format."""
-        created = int(time.time())
-        return {
-            "object": "list",
-            "data": [{"id": m, "object": "model", "created": created, "owned_by": "expertmesh"} for m in service.model_ids],
-        }
+        """The auto model, every expert and every alias, in OpenAI's list format."""
+        return {"object": "list", "data": [model_card(m) for m in service.model_ids]}
+
+    @app.get("/v1/models/{model_id:path}", dependencies=[Authenticated])
+    async def model(model_id: str, service: Service) -> dict:
+        """One model, as the OpenAI SDK's models.retrieve asks for it."""
+        if model_id not in service.model_ids:
+            raise APIError(404, f"The model '{model_id}' does not exist", param="model", code="model_not_found")
+        return model_card(model_id)
 
     @app.get("/metrics", dependencies=[Authenticated])
     async def prometheus_metrics() -> Response:
@@ -104,6 +122,7 @@ def build_app(config: Config, policy: RoutingPolicy | None, experts: ExpertPool)
         return metrics.response()
 
     @app.get("/healthz")
+    @app.get("/health")  # as vLLM and most gateways spell it
     async def healthz() -> dict:
         """The gateway process is up."""
         return {"status": "ok"}

@@ -98,3 +98,68 @@ class RouteRequest(BaseModel):
         if (self.messages is None) == (self.text is None):
             raise ValueError("give exactly one of 'messages' or 'text'")
         return self
+
+
+class CompletionRequest(BaseModel):
+    """POST /v1/completions, the legacy completions API: a raw prompt, no roles."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    model: str = Field(min_length=1)
+    prompt: str | list[str] | list[int] | list[list[int]]
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    n: int | None = Field(default=None, ge=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    logprobs: int | None = Field(default=None, ge=0, le=20)
+    echo: bool | None = None
+    suffix: str | None = None
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    user: str | None = None
+
+    def prompt_text(self) -> str | None:
+        """The text the router reads: the prompt, or a batch's prompts together; None for token ids."""
+        if isinstance(self.prompt, str):
+            return self.prompt
+        if self.prompt and all(isinstance(p, str) for p in self.prompt):
+            return "\n".join(self.prompt)  # type: ignore[arg-type]
+        return None
+
+    def upstream_fields(self) -> dict[str, Any]:
+        return self.model_dump(exclude={"model"}, exclude_none=True)
+
+
+class ResponsesRequest(BaseModel):
+    """POST /v1/responses. The fields the gateway reads or translates are declared; any other
+    field is passed on (to a native Responses server as is, to a chat expert where chat has it)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    model: str = Field(min_length=1)
+    input: str | Annotated[list[dict[str, Any]], Field(min_length=1)]
+    instructions: str | None = None
+    stream: bool = False
+    max_output_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    text: dict[str, Any] | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    reasoning: dict[str, Any] | None = None
+    truncation: Literal["auto", "disabled"] | None = None
+    metadata: dict[str, str] | None = None
+    user: str | None = None
+    store: bool | None = None
+    include: list[str] | None = None
+    # State kept by a server between requests: the gateway keeps none (see gateway/responses.py).
+    previous_response_id: str | None = None
+    conversation: str | dict[str, Any] | None = None
+    background: bool | None = None
+    prompt: dict[str, Any] | None = None

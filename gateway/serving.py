@@ -1,23 +1,30 @@
-"""The logic behind the endpoints: decide the expert, reformat, relay, attach the decision."""
+"""The logic behind the endpoints: decide the expert, reformat, relay, attach the decision.
+
+Three APIs share it: chat completions (the main one, with fan-out), legacy completions (a raw
+prompt, relayed as is) and the Responses API (relayed to experts that serve it, translated to a
+chat completion for the others: gateway/responses.py).
+"""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
+from typing import Any
 
 import orjson
 from fastapi.responses import Response, StreamingResponse
 
 from expertmesh.config import AUTO_MODEL, FanoutConfig
-from expertmesh.experts.client import ExpertClient
+from expertmesh.experts.client import CHAT_PATH, COMPLETIONS_PATH, RESPONSES_PATH, ExpertClient
 from expertmesh.experts.errors import ExpertError, ExpertUnavailable
 from expertmesh.experts.pool import ExpertPool
+from expertmesh.gateway import responses as responses_api
 from expertmesh.gateway.errors import APIError, from_expert_error
 from expertmesh.gateway.fanout import Disconnected, FanoutResponder, FanoutSettings, plan_assignments
 from expertmesh.gateway.metrics import GatewayMetrics
-from expertmesh.gateway.protocol import ChatCompletionRequest
+from expertmesh.gateway.protocol import ChatCompletionRequest, CompletionRequest, ResponsesRequest
 from expertmesh.router.batching import MicroBatcher
 from expertmesh.router.decision import RoutingDecision
 from expertmesh.router.policy import RoutingPolicy
@@ -25,6 +32,7 @@ from expertmesh.router.policy import RoutingPolicy
 log = logging.getLogger(__name__)
 
 DONE_LINE = b"data: [DONE]"
+Lines = AsyncIterator[bytes]
 
 
 def decision_headers(decision: RoutingDecision) -> dict[str, str]:
@@ -37,10 +45,6 @@ def decision_headers(decision: RoutingDecision) -> dict[str, str]:
     return headers
 
 
-def _sse_error(error: APIError) -> bytes:
-    return b"data: " + orjson.dumps(error.body()) + b"\n\n" + DONE_LINE + b"\n\n"
-
-
 async def _never() -> bool:
     return False
 
@@ -48,6 +52,96 @@ async def _never() -> bool:
 def _error_kind(exc: ExpertError) -> str:
     """ExpertTimeout -> "timeout", for the metrics' label."""
     return type(exc).__name__.removeprefix("Expert").lower() or "error"
+
+
+# --- stream relays: the expert's SSE lines in, the client's SSE bytes out ------------------------
+# Each raises ExpertError when the expert fails mid-stream and says, in error(), how its format
+# reports that to the client.
+
+
+class ChunkRelay:
+    """Chat and legacy completion chunks, passed through unchanged but for the decision on the
+    first chunk; the stream must end with [DONE]."""
+
+    def __init__(self, decision: RoutingDecision, expert: str) -> None:
+        self.decision, self.expert = decision, expert
+
+    async def relay(self, lines: Lines) -> AsyncIterator[bytes]:
+        first, done = True, False
+        async for line in lines:
+            if line == DONE_LINE:
+                done = True
+            elif first and line.startswith(b"data: {"):
+                chunk = orjson.loads(line[6:])
+                chunk["expertmesh"] = self.decision.to_dict()
+                line = b"data: " + orjson.dumps(chunk)
+                first = False
+            yield line + (b"\n\n" if line.startswith(b"data:") else b"\n")
+        if not done:
+            raise ExpertUnavailable(self.expert, "the stream ended before [DONE]")
+
+    def error(self, error: APIError) -> bytes:
+        return b"data: " + orjson.dumps(error.body()) + b"\n\n" + DONE_LINE + b"\n\n"
+
+
+class ResponseEventRelay:
+    """A Responses API event stream from an expert that serves it: passed through, with the
+    decision in `response.created`; it must end with a final response event."""
+
+    FINAL = {b"response.completed", b"response.incomplete", b"response.failed"}
+
+    def __init__(self, decision: RoutingDecision, expert: str) -> None:
+        self.decision, self.expert = decision, expert
+        self.sequence = -1
+
+    async def relay(self, lines: Lines) -> AsyncIterator[bytes]:
+        final = False
+        async for line in lines:
+            if line.startswith(b"event: "):
+                final = final or line[7:].strip() in self.FINAL
+                yield line + b"\n"
+                continue
+            if line.startswith(b"data: {"):
+                event = orjson.loads(line[6:])
+                self.sequence = event.get("sequence_number", self.sequence + 1)
+                if event.get("type") == "response.created" and isinstance(event.get("response"), dict):
+                    event["response"]["expertmesh"] = self.decision.to_dict()
+                    line = b"data: " + orjson.dumps(event)
+                final = final or event.get("type", "").encode() in self.FINAL
+            yield line + (b"\n\n" if line.startswith(b"data:") else b"\n")
+        if not final:
+            raise ExpertUnavailable(self.expert, "the stream ended before the response was complete")
+
+    def error(self, error: APIError) -> bytes:
+        return responses_api.sse_event({"type": "error", "code": error.code, "message": error.message,
+                                        "param": None, "sequence_number": self.sequence + 1})  # fmt: skip
+
+
+class ChatToResponseRelay:
+    """A chat completion stream, translated into the Responses API's events."""
+
+    def __init__(self, request: ResponsesRequest, decision: RoutingDecision, expert: str, model: str) -> None:
+        self.events = responses_api.ResponseEvents(request, model, {"expertmesh": decision.to_dict()})
+        self.expert = expert
+
+    async def relay(self, lines: Lines) -> AsyncIterator[bytes]:
+        for event in self.events.start():
+            yield event
+        async for line in lines:
+            if line == DONE_LINE:
+                for event in self.events.end():
+                    yield event
+                return
+            if line.startswith(b"data: {"):
+                chunk = orjson.loads(line[6:])
+                if isinstance(chunk.get("error"), dict):  # an error event of the expert's own
+                    raise ExpertUnavailable(self.expert, str(chunk["error"].get("message", "failed mid-stream")))
+                for event in self.events.feed(chunk):
+                    yield event
+        raise ExpertUnavailable(self.expert, "the stream ended before [DONE]")
+
+    def error(self, error: APIError) -> bytes:
+        return b"".join(self.events.fail(error))
 
 
 class ChatService:
@@ -83,40 +177,96 @@ class ChatService:
             self.metrics.routing_confidence.observe(decision.confidence)
         return decision
 
-    async def decide(self, request: ChatCompletionRequest) -> RoutingDecision:
-        if request.model == AUTO_MODEL:
-            return await self.route([m.model_dump() for m in request.messages])
-        if self.experts.get(request.model) is None:
+    def resolve(self, model: str) -> str:
+        """The model a client named, through gateway.model_aliases."""
+        return self.model_aliases.get(model, model)
+
+    async def decide(self, model: str, messages: list[dict]) -> RoutingDecision:
+        """Route `messages` for model "auto"; otherwise the named expert, which must exist."""
+        if model == AUTO_MODEL:
+            return await self.route(messages)
+        if self.experts.get(model) is None:
             raise APIError(
                 404,
-                f"The model '{request.model}' does not exist; available models: {self.model_ids}",
+                f"The model '{model}' does not exist; available models: {self.model_ids}",
                 param="model",
                 code="model_not_found",
             )
-        return RoutingDecision(expert=request.model, routed_by="explicit")
+        return RoutingDecision(expert=model, routed_by="explicit")
+
+    def _client(self, decision: RoutingDecision) -> ExpertClient:
+        client = self.experts.get(decision.expert)
+        assert client is not None  # the config guarantees every routed expert exists
+        return client
+
+    # --- the three APIs ------------------------------------------------------------------------
 
     async def chat(self, request: ChatCompletionRequest, disconnected: Disconnected = _never) -> Response:
         """disconnected(): whether the client has gone away (a fan-out then stops asking)."""
         if request.model in self.model_aliases:
             request = request.model_copy(update={"model": self.model_aliases[request.model]})
-        decision = await self.decide(request)
+        fields = request.upstream_fields()
+        decision = await self.decide(request.model, fields["messages"])
         if request.model == AUTO_MODEL and decision.scores:
             settings = FanoutSettings.merge(self.fanout_config, self.fallback_expert, request.expertmesh)
             if settings.enabled:
-                messages = request.upstream_fields()["messages"]
-                assignments = plan_assignments(self.policy, decision, messages, settings)
+                assignments = plan_assignments(self.policy, decision, fields["messages"], settings)
                 if len(assignments) > 1:
                     return await self._fan_out(request, decision, assignments, settings, disconnected)
-        client = self.experts.get(decision.expert)
-        assert client is not None  # the config guarantees every routed expert exists
-        body = client.request_body(request.upstream_fields(), decision.domain)
+        client = self._client(decision)
+        body = client.request_body(fields, decision.domain)
+        return await self._call(client, decision, body, CHAT_PATH, request.stream, ChunkRelay(decision, client.name))
+
+    async def completions(self, request: CompletionRequest) -> Response:
+        """A legacy completion: routed on the prompt, relayed as is (no prompt format: the prompt is raw text)."""
+        model = self.resolve(request.model)
+        text = request.prompt_text()
+        if model == AUTO_MODEL and text is None:
+            raise APIError(400, "a prompt of token ids cannot be routed: name an expert as the model", param="prompt")
+        decision = await self.decide(model, [{"role": "user", "content": text or ""}])
+        client = self._client(decision)
+        body = client.completion_body(request.upstream_fields())
+        return await self._call(client, decision, body, COMPLETIONS_PATH, request.stream, ChunkRelay(decision, client.name))
+
+    async def responses(self, request: ResponsesRequest) -> Response:
+        """The Responses API: routed on its input; relayed to an expert that serves it, else translated."""
+        model = self.resolve(request.model)
+        messages = responses_api.conversation(request)
+        decision = await self.decide(model, messages)
+        client = self._client(decision)
+        _check_stateless(request, client, decision)
+        formatted = client.prompt.format(messages, decision.domain)
+        if client.serves_responses_api:
+            fields = request.model_dump(exclude_none=True, exclude={"instructions", "expertmesh"})
+            body = {**client.responses_defaults(), **fields, "model": client.config.model,
+                    "input": responses_api.native_input(formatted)}  # fmt: skip
+            return await self._call(client, decision, body, RESPONSES_PATH, request.stream,
+                                    ResponseEventRelay(decision, client.name))  # fmt: skip
+        body = client.completion_body(responses_api.chat_request_fields(request))
+        body["messages"] = responses_api.chat_messages(formatted)
+        relay = ChatToResponseRelay(request, decision, client.name, client.config.model)
+        return await self._call(client, decision, body, CHAT_PATH, request.stream, relay,
+                                lambda chat: responses_api.response_from_chat(chat, request))  # fmt: skip
+
+    # --- calling the expert --------------------------------------------------------------------
+
+    async def _call(self, client: ExpertClient, decision: RoutingDecision, body: dict, path: str, stream: bool,
+                    relay: ChunkRelay | ResponseEventRelay | ChatToResponseRelay,
+                    convert: Callable[[dict], dict[str, Any]] = lambda answer: answer) -> Response:  # fmt: skip
+        """Ask the expert, count it, and answer with its JSON (plus the decision) or its relayed stream."""
         headers = decision_headers(decision)
         start = time.perf_counter()
         try:
-            if request.stream:
-                response = await self._stream(client, body, decision, headers)
+            if stream:
+                stack = AsyncExitStack()
+                lines = await stack.enter_async_context(client.stream(body, path))  # errors here become statuses
+                response: Response = StreamingResponse(
+                    self._relay(relay, lines, stack, client.name),
+                    media_type="text/event-stream",
+                    headers={**headers, "cache-control": "no-cache"},
+                )
             else:
-                answer = await client.complete(body)
+                answer = convert(await client.complete(body, path))
                 answer["expertmesh"] = decision.to_dict()
                 response = Response(orjson.dumps(answer), media_type="application/json", headers=headers)
         except ExpertError as exc:
@@ -125,9 +275,21 @@ class ChatService:
             error = from_expert_error(exc)
             self.metrics.requests.labels(client.name, decision.routed_by, str(error.status)).inc()
             raise error from exc
-        self.metrics.expert_seconds.labels(client.name, "yes" if request.stream else "no").observe(time.perf_counter() - start)
+        self.metrics.expert_seconds.labels(client.name, "yes" if stream else "no").observe(time.perf_counter() - start)
         self.metrics.requests.labels(client.name, decision.routed_by, "200").inc()
         return response
+
+    async def _relay(self, relay, lines: Lines, stack: AsyncExitStack, expert: str) -> AsyncIterator[bytes]:
+        """An expert that fails mid-stream ends the stream with its format's error event."""
+        try:
+            async for data in relay.relay(lines):
+                yield data
+        except ExpertError as exc:
+            log.warning("%s (mid-stream)", exc)
+            self.metrics.expert_errors.labels(expert, _error_kind(exc)).inc()
+            yield relay.error(from_expert_error(exc))
+        finally:
+            await stack.aclose()
 
     async def _fan_out(self, request, decision, assignments, settings, disconnected) -> Response:
         try:
@@ -138,37 +300,19 @@ class ChatService:
         self.metrics.requests.labels("fanout", decision.routed_by, str(response.status_code)).inc()
         return response
 
-    async def _stream(self, client: ExpertClient, body: dict, decision: RoutingDecision, headers) -> Response:
-        stack = AsyncExitStack()
-        lines = await stack.enter_async_context(client.stream(body))  # errors here become statuses
-        return StreamingResponse(
-            self._relay(lines, stack, decision, client.name),
-            media_type="text/event-stream",
-            headers={**headers, "cache-control": "no-cache"},
-        )
 
-    async def _relay(
-        self, lines: AsyncIterator[bytes], stack: AsyncExitStack, decision: RoutingDecision, expert: str
-    ) -> AsyncIterator[bytes]:
-        """Pass the expert's SSE lines through unchanged, but for the decision on the first chunk;
-        an expert that fails mid-stream ends the stream with an error event."""
-        first = True
-        done = False
-        try:
-            async for line in lines:
-                if line == DONE_LINE:
-                    done = True
-                elif first and line.startswith(b"data: {"):
-                    chunk = orjson.loads(line[6:])
-                    chunk["expertmesh"] = decision.to_dict()
-                    line = b"data: " + orjson.dumps(chunk)
-                    first = False
-                yield line + (b"\n\n" if line.startswith(b"data:") else b"\n")
-            if not done:
-                raise ExpertUnavailable(expert, "the stream ended before [DONE]")
-        except ExpertError as exc:
-            log.warning("%s (mid-stream)", exc)
-            self.metrics.expert_errors.labels(expert, _error_kind(exc)).inc()
-            yield _sse_error(from_expert_error(exc))
-        finally:
-            await stack.aclose()
+def _check_stateless(request: ResponsesRequest, client: ExpertClient, decision: RoutingDecision) -> None:
+    """The gateway stores no responses; a stored one can be continued only by the named expert
+    whose own server stores it."""
+    if request.background:
+        raise APIError(400, "background responses are not supported: the gateway stores no responses", param="background")
+    if request.conversation is not None or request.prompt is not None:
+        field = "conversation" if request.conversation is not None else "prompt"
+        raise APIError(400, f"'{field}' refers to objects stored by OpenAI; send the input itself", param=field)
+    if request.previous_response_id and not (client.serves_responses_api and decision.routed_by == "explicit"):
+        raise APIError(
+            400,
+            "previous_response_id needs the server that stored that response: name an expert whose server "
+            "serves the Responses API as the model, or send the whole conversation as input",
+            param="previous_response_id",
+        )

@@ -28,12 +28,16 @@ REPO = Path(__file__).resolve().parent.parent
 
 def pytest_configure(config: pytest.Config) -> None:
     """Everything the suite writes goes to one temporary folder, removed at the end: expertmesh's
-    caches ($EXPERTMESH_HOME: models, routers, ONNX exports, logs) and matplotlib's font cache.
+    caches ($EXPERTMESH_HOME: models, routers, ONNX exports, logs, vLLM's caches), matplotlib's
+    font cache, and the child processes' temporary files; pytest's own tmp_path folders aside.
     Subprocesses (gateways, expert servers) inherit it."""
     home = Path(tempfile.mkdtemp(prefix="expertmesh-tests-"))
     config.stash[_TEST_HOME] = home
     os.environ["EXPERTMESH_HOME"] = str(home / "expertmesh")
     os.environ["MPLCONFIGDIR"] = str(home / "matplotlib")
+    # Child processes (vLLM servers above all) put their temporary files here too.
+    (home / "tmp").mkdir()
+    os.environ["TMPDIR"] = str(home / "tmp")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -101,6 +101,23 @@ def test_refuses_what_it_cannot_do(embedded_url):
 
 
 @pytest.mark.slow
+def test_legacy_completions_continue_a_raw_prompt(embedded_url):
+    body = {"model": SERVED_MODEL_NAME, "prompt": "The capital of France is", "max_tokens": 6, "temperature": 0}
+    completion = httpx.post(f"{embedded_url}/v1/completions", json=body, timeout=120).json()
+    text = completion["choices"][0]["text"]
+    assert completion["object"] == "text_completion" and "Paris" in text
+    assert completion["usage"]["prompt_tokens"] == 5  # the raw prompt's tokens: no chat template around it
+    echoed = httpx.post(f"{embedded_url}/v1/completions", json={**body, "echo": True}, timeout=120).json()
+    assert echoed["choices"][0]["text"] == body["prompt"] + text
+    with httpx.stream("POST", f"{embedded_url}/v1/completions", json={**body, "stream": True}, timeout=120) as response:
+        events = [line for line in response.iter_lines() if line]
+    assert events[-1] == "data: [DONE]"
+    assert "".join(json.loads(e[6:])["choices"][0]["text"] for e in events[:-1]) == text
+    refused = httpx.post(f"{embedded_url}/v1/completions", json={**body, "logprobs": 2}, timeout=120)
+    assert refused.status_code == 400 and "logprobs" in refused.json()["error"]["message"]
+
+
+@pytest.mark.slow
 def test_a_conversion_by_another_transformers_version_is_redone(embedded_model, tmp_path):
     from expertmesh.config import load_config
     from expertmesh.experts.embedded.model import prepare_model

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 
 import pytest
 import yaml
@@ -16,7 +17,7 @@ from typer.testing import CliRunner
 
 from expertmesh.eval.bench_report import bootstrap_interval, summarize
 from expertmesh.cli import app
-from tests.conftest import REPO, serve_in_thread
+from tests.conftest import REPO, fake_config, running_gateway, serve_in_thread
 from tests.fake_expert import build_fake_app
 
 EXPERTS = [("medical", ["medical"]), ("legal", ["legal"]), ("finance", ["finance"]), ("code", ["code"]),
@@ -95,6 +96,25 @@ def test_a_killed_run_resumes_without_losing_or_repeating_answers(fake_run_confi
     before = len(lines(out / "answers.jsonl"))
     third = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert third.returncode == 0 and len(lines(out / "answers.jsonl")) == before
+
+
+@pytest.mark.slow
+def test_a_run_through_a_gateway_reports_the_gateways_own_routing(fake_run_config, fake_expert, tmp_path):
+    """--gateway: the traffic split is the gateway's decisions, read from its answers, not "gateway 100%"."""
+    out = tmp_path / "run"
+    with running_gateway(fake_config(fake_expert[0])) as url:  # routes by keywords: not the plan's router
+        result = CliRunner().invoke(app, ["eval", "run", "--suite", "smoke", "--limit", "1", "--config",
+                                          str(fake_run_config), "--out", str(out), "--systems", "routed",
+                                          "--scoring", "generate", "--gateway", f"{url}/v1"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    routing = json.loads((out / "report.json").read_text())["routing"]
+    records = [json.loads(line) for line in lines(out / "answers.jsonl")]
+    assert {r["responder"] for r in records} == {"gateway"}
+    experts = Counter(r["routed_expert"] for r in records)
+    assert routing["decided_by"] == "gateway" and "gateway" not in routing["expert_share"]
+    assert routing["expert_share"] == {name: round(n / len(records), 4) for name, n in experts.most_common()}
+    assert routing["fallback_share"] == round(sum(r["routed_by"] == "fallback" for r in records) / len(records), 4)
+    assert "decisions of the gateway" in (out / "report.md").read_text()
 
 
 def test_a_run_folder_of_another_setup_is_refused(fake_run_config, tmp_path):

@@ -16,11 +16,14 @@ def test_every_default_path_follows_expertmesh_home(tmp_path, monkeypatch):
 
     monkeypatch.setenv("EXPERTMESH_HOME", str(tmp_path))
     monkeypatch.delenv("VLLM_CACHE_ROOT", raising=False)
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
     config = load_config()
     for path in (config.router.artifact, config.embedded.cache_dir, config.vllm.log_dir):
         assert path.is_relative_to(tmp_path), path
     server = VllmServer("127.0.0.1", 8101, "packaged:smollm2-135m-instruct", ("m",), (), (), ("e",))
-    assert server_env(config.vllm, server)["VLLM_CACHE_ROOT"] == str(tmp_path / "vllm")
+    env = server_env(config.vllm, server)
+    assert env["VLLM_CACHE_ROOT"] == str(tmp_path / "vllm")
+    assert env["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "vllm" / "torchinductor")
 
 
 def test_unset_home_is_the_user_cache(monkeypatch):

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 import yaml
 
@@ -97,6 +98,33 @@ def test_streaming_through_the_real_model(served_gateway):
     assert events[-1] == "data: [DONE]"
     text = "".join(json.loads(e[6:])["choices"][0]["delta"].get("content", "") for e in events[:-1])
     assert len(text) > 10
+
+
+def test_the_responses_api_through_the_real_model(served_gateway):
+    """The embedded server speaks chat only: the gateway translates, and the SDK reads the result."""
+    url, _ = served_gateway
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
+    response = client.responses.create(model="auto", input=MEDICAL_QUESTION, max_output_tokens=48, temperature=0)
+    assert response.model_extra["expertmesh"]["expert"] == "medical" and response.status in ("completed", "incomplete")
+    assert any(word in response.output_text.lower() for word in ("thirst", "urination", "blood sugar", "glucose", "fatigue"))
+    assert response.usage.output_tokens > 0 and response.usage.input_tokens > 10
+    with client.responses.stream(model="general", input="What is the capital of France?", temperature=0,
+                                 max_output_tokens=20) as stream:  # fmt: skip
+        deltas = [event.delta for event in stream if event.type == "response.output_text.delta"]
+        final = stream.get_final_response()
+    assert "Paris" in final.output_text and "".join(deltas) == final.output_text and len(deltas) > 1
+
+
+def test_legacy_completions_continue_the_raw_prompt(served_gateway):
+    url, _ = served_gateway
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
+    completion = client.completions.create(model="general", prompt="The capital of France is", max_tokens=6,
+                                           temperature=0)  # fmt: skip
+    assert "Paris" in completion.choices[0].text and completion.usage.completion_tokens <= 6
+    streamed = client.completions.create(model="general", prompt="The capital of France is", max_tokens=6,
+                                         temperature=0, stream=True)  # fmt: skip
+    assert "".join(chunk.choices[0].text for chunk in streamed if chunk.choices) == completion.choices[0].text
+    assert client.models.retrieve("auto").id == "auto" and httpx.get(f"{url}/health").status_code == 200
 
 
 def test_sigterm_stops_the_gateway_and_its_embedded_server(served_gateway):

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 import yaml
 
@@ -168,6 +169,29 @@ def test_the_gateway_relays_vllm_errors_as_openai_errors(gateway):
     response = chat(gateway, max_tokens=5000)  # over the server's --max-model-len 2048
     assert response.status_code == 400, response.text
     assert "max" in response.json()["error"]["message"].lower()
+
+
+def test_the_responses_api_is_relayed_to_vllm(gateway):
+    """vLLM serves the Responses API itself: the gateway relays it (non-streaming and streaming) and
+    the SDK's strict stream accumulator accepts the relayed events."""
+    client = openai.OpenAI(base_url=f"{gateway}/v1", api_key="unused", max_retries=0, timeout=300)
+    question = "What is the capital of France?"
+    response = client.responses.create(model="general", input=question, temperature=0, max_output_tokens=20)
+    assert "Paris" in response.output_text and response.model_extra["expertmesh"]["expert"] == "general"
+    assert response.usage.output_tokens > 0
+    with client.responses.stream(model="auto", input=MEDICAL_QUESTION, temperature=0, max_output_tokens=24) as stream:
+        events = list(stream)
+        final = stream.get_final_response()
+    assert events[0].type == "response.created" and events[0].response.model_extra["expertmesh"]["expert"] == "medical"
+    assert final.output_text.strip() and final.usage.output_tokens > 0
+
+
+def test_legacy_completions_are_relayed_to_vllm(gateway):
+    client = openai.OpenAI(base_url=f"{gateway}/v1", api_key="unused", max_retries=0, timeout=300)
+    completion = client.completions.create(model="auto", prompt="The symptoms of the flu are", max_tokens=8,
+                                           temperature=0)  # fmt: skip
+    assert completion.model_extra["expertmesh"]["expert"] == "medical"
+    assert completion.choices[0].text.strip() and completion.usage.completion_tokens == 8
 
 
 def test_serve_stops_its_servers_on_sigterm(vllm_server, gateway):

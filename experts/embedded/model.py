@@ -83,28 +83,33 @@ class EmbeddedChatModel:
         self._lock = threading.Lock()
 
     def count_prompt_tokens(self, messages: list[dict]) -> int:
-        return len(self._encode(messages)["input_ids"][0])
+        return len(self._encode(messages, None)["input_ids"][0])
 
-    def _encode(self, messages: list[dict]):
+    def _encode(self, messages: list[dict] | None, prompt: str | None):
+        """A chat through the model's chat template, or a raw prompt as it is (legacy completions)."""
+        if prompt is not None:
+            return self.tokenizer(prompt, return_tensors="pt")
         return self.tokenizer.apply_chat_template(
             messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
         )
 
     def stream(
         self,
-        messages: list[dict],
+        messages: list[dict] | None,
         params: SamplingParams,
         cancel: threading.Event,
         result: Generation,
+        prompt: str | None = None,
     ) -> Iterator[str]:
-        """Yield text deltas; blocking, so call it from a worker thread."""
+        """Yield text deltas for a chat (`messages`) or a raw `prompt`; blocking, so call it from
+        a worker thread."""
         from transformers import (
             StoppingCriteria,
             StoppingCriteriaList,
             TextIteratorStreamer,
         )
 
-        inputs = self._encode(messages)
+        inputs = self._encode(messages, prompt)
         result.prompt_tokens = prompt_len = inputs["input_ids"].shape[1]
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
         stops = StopBuffer(params.stop)
