@@ -1,4 +1,6 @@
 # The two set-up commands of the README: `make serve` and `make test`.
+#   make serve [HOST=0.0.0.0] [PORT=9000] [CONFIG=deploy/vllm-cpu.yaml] [WORKERS=2]
+# Unset, each comes from the configuration (the packaged default: 127.0.0.1:8080, one worker).
 .PHONY: install install-test serve test bench
 
 install:
@@ -9,7 +11,8 @@ install-test:
 	scripts/install-vllm-cpu.sh
 
 serve: install
-	.venv/bin/expertmesh serve
+	.venv/bin/expertmesh serve $(if $(CONFIG),--config $(CONFIG)) $(if $(HOST),--host $(HOST)) \
+		$(if $(PORT),--port $(PORT)) $(if $(WORKERS),--workers $(WORKERS))
 
 test: install-test
 	.venv/bin/python -m pytest
