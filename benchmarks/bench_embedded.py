@@ -17,10 +17,10 @@ import statistics
 import time
 
 import httpx
-
-from expertmesh.config import load_config
 from expertmesh.experts.embedded.model import SERVED_MODEL_NAME
 from expertmesh.experts.embedded.process import EmbeddedServerProcess
+
+from expertmesh.config import load_config
 
 PROMPTS = [
     "Explain in detail how vaccines train the immune system.",
@@ -32,8 +32,14 @@ PROMPTS = [
 
 def one(client: httpx.Client, url: str, prompt: str, max_tokens: int) -> tuple[float, float, int]:
     """(seconds to the first token, decode tokens/s after it, completion tokens)."""
-    body = {"model": SERVED_MODEL_NAME, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
-            "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}  # fmt: skip
+    body = {
+        "model": SERVED_MODEL_NAME,
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     start = time.perf_counter()
     first = None
     tokens = 0
@@ -61,10 +67,14 @@ def main() -> None:
         one(client, url, "Hello!", 8)  # warm-up
         results = [one(client, url, PROMPTS[i % len(PROMPTS)], args.max_tokens) for i in range(args.rounds)]
     ttft, speed, tokens = zip(*results)
-    print(f"{platform.machine()}, {os.cpu_count()} CPUs; embedded {SERVED_MODEL_NAME} (float32, transformers), "
-          f"{args.rounds} streamed requests one at a time, max_tokens {args.max_tokens}, greedy")  # fmt: skip
-    print(f"time to first token p50 {statistics.median(ttft) * 1000:.0f} ms; decode p50 {statistics.median(speed):.1f} "
-          f"tokens/s (min {min(speed):.1f}, max {max(speed):.1f}); completion tokens p50 {statistics.median(tokens):.0f}")  # fmt: skip
+    print(
+        f"{platform.machine()}, {os.cpu_count()} CPUs; embedded {SERVED_MODEL_NAME} (float32, transformers), "
+        f"{args.rounds} streamed requests one at a time, max_tokens {args.max_tokens}, greedy"
+    )
+    print(
+        f"time to first token p50 {statistics.median(ttft) * 1000:.0f} ms; decode p50 {statistics.median(speed):.1f} "
+        f"tokens/s (min {min(speed):.1f}, max {max(speed):.1f}); completion tokens p50 {statistics.median(tokens):.0f}"
+    )
 
 
 if __name__ == "__main__":

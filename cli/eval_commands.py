@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-
 from expertmesh.cli.common import ConfigOption, fail, load_or_exit, stderr
 
 eval_app = typer.Typer(help="Evaluate the routed system against oracle and single experts.", no_args_is_help=True)
@@ -18,10 +17,9 @@ eval_app = typer.Typer(help="Evaluate the routed system against oracle and singl
 @eval_app.command("ls")
 def list_tasks() -> None:
     """The tasks (one YAML file each in eval/tasks/) and the suites that group them."""
+    from expertmesh.eval.bench_tasks import TaskError, all_suites, all_tasks
     from rich.console import Console
     from rich.table import Table
-
-    from expertmesh.eval.bench_tasks import TaskError, all_suites, all_tasks
 
     try:
         tasks, suites = all_tasks(), all_suites()
@@ -49,6 +47,7 @@ def run(
     gateway: Annotated[str | None, typer.Option(help="Base URL of a running gateway (…/v1): routed answers go through it.")] = None,
 ) -> None:
     """Run a suite: every system's answers, stored as they arrive (a rerun resumes), then the report."""
+    from expertmesh.cli.router_setup import load_or_train_policy
     from expertmesh.eval.bench_run import (
         MODES,
         RunError,
@@ -60,7 +59,6 @@ def run(
         write_manifest,
     )
     from expertmesh.eval.bench_tasks import TaskError
-    from expertmesh.cli.router_setup import load_or_train_policy
     from expertmesh.router.classifier import ArtifactError
 
     cfg = load_or_exit(config)
@@ -92,6 +90,10 @@ def _write_plan(folder: Path, plan, settings) -> None:
 
 
 def _answer(plan, folder: Path, settings, cfg) -> list[str]:
+    from expertmesh.eval.answer_store import AnswerStore, answer_key
+    from expertmesh.eval.bench_run import TOP_P_RESPONDER, answer_all
+    from expertmesh.experts.embedded.process import EmbeddedServerProcess
+    from expertmesh.experts.pool import ExpertPool
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -100,11 +102,6 @@ def _answer(plan, folder: Path, settings, cfg) -> list[str]:
         TimeElapsedColumn,
         TimeRemainingColumn,
     )
-
-    from expertmesh.eval.answer_store import AnswerStore, answer_key
-    from expertmesh.eval.bench_run import TOP_P_RESPONDER, answer_all
-    from expertmesh.experts.embedded.process import EmbeddedServerProcess
-    from expertmesh.experts.pool import ExpertPool
 
     store = AnswerStore(folder)
     done = sum(store.get(answer_key(i.task, i.id, r, m)) is not None for i, r, m in plan.jobs)

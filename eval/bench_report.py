@@ -11,7 +11,6 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
-
 from expertmesh.eval.answer_store import AnswerStore, answer_key
 
 PLAN_FILE = "plan.json"
@@ -103,12 +102,13 @@ def _decision(plan: dict, store: AnswerStore, item: dict) -> dict | None:
     or the in-process router's from the plan."""
     if plan["responders"].get("routed", {}).get(item["key"]) != "gateway":
         return plan["routes"][item["key"]]
-    for mode in plan["modes"]:
-        record = store.get(answer_key(item["task"], item["id"], "gateway", mode))
-        if record is not None and record.get("routed_expert"):
-            return {"expert": record["routed_expert"], "domain": record.get("routed_domain"),
-                    "routed_by": record.get("routed_by")}  # fmt: skip
-    return None
+    records = [store.get(answer_key(item["task"], item["id"], "gateway", mode)) for mode in plan["modes"]]
+    record = next((r for r in records if r is not None), None)
+    if record is None:
+        return None
+    if "routed_domain" not in record:  # answered before the gateway's decisions were recorded (2026-12)
+        return plan["routes"][item["key"]]
+    return {"expert": record["routed_expert"], "domain": record["routed_domain"], "routed_by": record["routed_by"]}
 
 
 def _oracle_gap(systems: dict) -> dict:

@@ -27,9 +27,10 @@ from typing import Any
 from expertmesh.eval.answer_store import AnswerStore, answer_key
 from expertmesh.eval.answers import choice_from_logprobs, score
 from expertmesh.eval.bench_tasks import Item, TaskSpec, all_suites, all_tasks, data_fingerprint, load_items
-from expertmesh.config import Config
 from expertmesh.router.policy import RoutingPolicy
 from expertmesh.router.top_p import select_experts
+
+from expertmesh.config import Config
 
 MANIFEST_FILE = "run.json"
 MODES = ("generate", "likelihood")

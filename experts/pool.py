@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from expertmesh.config import Config
 from expertmesh.experts.client import ExpertClient
+
+from expertmesh.config import Config
 
 
 class ExpertPool:

@@ -26,9 +26,14 @@ class ExpertPrompt:
         self.user_template = PromptTemplate.from_template(expert.user_template)
         self.default_domain = domain or (expert.domains[0] if expert.domains else "general")
 
-    def format(self, messages: list[dict[str, Any]], domain: str | None = None) -> list[dict[str, Any]]:
-        """The messages to send to the expert, in OpenAI's format."""
-        system_parts = [self.system_prompt] if self.system_prompt else []
+    def format(
+        self, messages: list[dict[str, Any]], domain: str | None = None, system_prompt: bool = True
+    ) -> list[dict[str, Any]]:
+        """The messages to send to the expert, in OpenAI's format. Turns of other roles than
+        system, developer, user and assistant pass through as they are (the gateway carries the
+        Responses API's function-call items that way). system_prompt=False leaves the expert's
+        system prompt out (a conversation its server stores already has it)."""
+        system_parts = [self.system_prompt] if self.system_prompt and system_prompt else []
         system_parts += [message_text(m.get("content")) for m in messages if m["role"] in SYSTEM_ROLES]
         turns = [m for m in messages if m["role"] not in SYSTEM_ROLES]
         last_user = max((i for i, m in enumerate(turns) if m["role"] == "user"), default=None)

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
 from expertmesh.gateway.errors import APIError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
 class BodySizeLimit:

@@ -2,7 +2,7 @@
 
 Three APIs share it: chat completions (the main one, with fan-out), legacy completions (a raw
 prompt, relayed as is) and the Responses API (relayed to experts that serve it, translated to a
-chat completion for the others: gateway/responses.py).
+chat completion for the others: gateway/responses.py and gateway/response_events.py).
 """
 
 from __future__ import annotations
@@ -11,16 +11,13 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
-from fastapi.responses import Response, StreamingResponse
-
-from expertmesh.config import AUTO_MODEL, FanoutConfig
 from expertmesh.experts.client import CHAT_PATH, COMPLETIONS_PATH, RESPONSES_PATH, ExpertClient
-from expertmesh.experts.errors import ExpertError, ExpertUnavailable
+from expertmesh.experts.errors import ExpertError, ExpertFailed, ExpertUnavailable
 from expertmesh.experts.pool import ExpertPool
-from expertmesh.gateway import responses as responses_api
+from expertmesh.gateway import response_events, responses
 from expertmesh.gateway.errors import APIError, from_expert_error
 from expertmesh.gateway.fanout import Disconnected, FanoutResponder, FanoutSettings, plan_assignments
 from expertmesh.gateway.metrics import GatewayMetrics
@@ -28,6 +25,9 @@ from expertmesh.gateway.protocol import ChatCompletionRequest, CompletionRequest
 from expertmesh.router.batching import MicroBatcher
 from expertmesh.router.decision import RoutingDecision
 from expertmesh.router.policy import RoutingPolicy
+from fastapi.responses import Response, StreamingResponse
+
+from expertmesh.config import AUTO_MODEL, FanoutConfig
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +55,22 @@ def _error_kind(exc: ExpertError) -> str:
 
 
 # --- stream relays: the expert's SSE lines in, the client's SSE bytes out ------------------------
-# Each raises ExpertError when the expert fails mid-stream and says, in error(), how its format
-# reports that to the client.
+
+
+class StreamRelay(Protocol):
+    """relay() raises ExpertError when the expert fails mid-stream; error() is how the stream's
+    format tells the client."""
+
+    def relay(self, lines: Lines) -> AsyncIterator[bytes]: ...
+
+    def error(self, error: APIError) -> bytes: ...
+
+
+def _json(expert: str, data: bytes) -> dict[str, Any]:
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise ExpertFailed(expert, "sent a stream event that is not JSON") from None
 
 
 class ChunkRelay:
@@ -72,7 +86,7 @@ class ChunkRelay:
             if line == DONE_LINE:
                 done = True
             elif first and line.startswith(b"data: {"):
-                chunk = orjson.loads(line[6:])
+                chunk = _json(self.expert, line[6:])
                 chunk["expertmesh"] = self.decision.to_dict()
                 line = b"data: " + orjson.dumps(chunk)
                 first = False
@@ -84,11 +98,11 @@ class ChunkRelay:
         return b"data: " + orjson.dumps(error.body()) + b"\n\n" + DONE_LINE + b"\n\n"
 
 
-class ResponseEventRelay:
+class NativeResponseRelay:
     """A Responses API event stream from an expert that serves it: passed through, with the
     decision in `response.created`; it must end with a final response event."""
 
-    FINAL = {b"response.completed", b"response.incomplete", b"response.failed"}
+    FINAL = {"response.completed", "response.incomplete", "response.failed"}
 
     def __init__(self, decision: RoutingDecision, expert: str) -> None:
         self.decision, self.expert = decision, expert
@@ -97,31 +111,27 @@ class ResponseEventRelay:
     async def relay(self, lines: Lines) -> AsyncIterator[bytes]:
         final = False
         async for line in lines:
-            if line.startswith(b"event: "):
-                final = final or line[7:].strip() in self.FINAL
-                yield line + b"\n"
-                continue
             if line.startswith(b"data: {"):
-                event = orjson.loads(line[6:])
+                event = _json(self.expert, line[6:])
                 self.sequence = event.get("sequence_number", self.sequence + 1)
                 if event.get("type") == "response.created" and isinstance(event.get("response"), dict):
                     event["response"]["expertmesh"] = self.decision.to_dict()
                     line = b"data: " + orjson.dumps(event)
-                final = final or event.get("type", "").encode() in self.FINAL
+                final = final or event.get("type") in self.FINAL
             yield line + (b"\n\n" if line.startswith(b"data:") else b"\n")
         if not final:
             raise ExpertUnavailable(self.expert, "the stream ended before the response was complete")
 
     def error(self, error: APIError) -> bytes:
-        return responses_api.sse_event({"type": "error", "code": error.code, "message": error.message,
-                                        "param": None, "sequence_number": self.sequence + 1})  # fmt: skip
+        return response_events.sse_event({"type": "error", "code": error.code, "message": error.message,
+                                          "param": None, "sequence_number": self.sequence + 1})  # fmt: skip
 
 
-class ChatToResponseRelay:
+class TranslatedResponseRelay:
     """A chat completion stream, translated into the Responses API's events."""
 
     def __init__(self, request: ResponsesRequest, decision: RoutingDecision, expert: str, model: str) -> None:
-        self.events = responses_api.ResponseEvents(request, model, {"expertmesh": decision.to_dict()})
+        self.events = response_events.ChatStreamToEvents(request, model, {"expertmesh": decision.to_dict()})
         self.expert = expert
 
     async def relay(self, lines: Lines) -> AsyncIterator[bytes]:
@@ -133,7 +143,7 @@ class ChatToResponseRelay:
                     yield event
                 return
             if line.startswith(b"data: {"):
-                chunk = orjson.loads(line[6:])
+                chunk = _json(self.expert, line[6:])
                 if isinstance(chunk.get("error"), dict):  # an error event of the expert's own
                     raise ExpertUnavailable(self.expert, str(chunk["error"].get("message", "failed mid-stream")))
                 for event in self.events.feed(chunk):
@@ -145,6 +155,9 @@ class ChatToResponseRelay:
 
 
 class ChatService:
+    """What the endpoints do: route, reformat for the expert, call it, relay its answer (chat
+    completions with fan-out, legacy completions, the Responses API)."""
+
     def __init__(self, policy: RoutingPolicy | None, experts: ExpertPool, fallback_expert: str,
                  fanout: FanoutConfig = FanoutConfig(), model_aliases: dict[str, str] | None = None,
                  metrics: GatewayMetrics | None = None) -> None:  # fmt: skip
@@ -226,34 +239,50 @@ class ChatService:
         decision = await self.decide(model, [{"role": "user", "content": text or ""}])
         client = self._client(decision)
         body = client.completion_body(request.upstream_fields())
-        return await self._call(client, decision, body, COMPLETIONS_PATH, request.stream, ChunkRelay(decision, client.name))
+        relay = ChunkRelay(decision, client.name)
+        return await self._call(client, decision, body, COMPLETIONS_PATH, request.stream, relay)
 
     async def responses(self, request: ResponsesRequest) -> Response:
         """The Responses API: routed on its input; relayed to an expert that serves it, else translated."""
-        model = self.resolve(request.model)
-        messages = responses_api.conversation(request)
-        decision = await self.decide(model, messages)
+        responses.refuse_stored_state(request)
+        messages = responses.conversation(request)
+        decision = await self.decide(self.resolve(request.model), messages)
         client = self._client(decision)
-        _check_stateless(request, client, decision)
-        formatted = client.prompt.format(messages, decision.domain)
         if client.serves_responses_api:
-            fields = request.model_dump(exclude_none=True, exclude={"instructions", "expertmesh"})
-            body = {**client.responses_defaults(), **fields, "model": client.config.model,
-                    "input": responses_api.native_input(formatted)}  # fmt: skip
-            return await self._call(client, decision, body, RESPONSES_PATH, request.stream,
-                                    ResponseEventRelay(decision, client.name))  # fmt: skip
-        body = client.completion_body(responses_api.chat_request_fields(request))
-        body["messages"] = responses_api.chat_messages(formatted)
-        relay = ChatToResponseRelay(request, decision, client.name, client.config.model)
+            return await self._responses_native(request, messages, decision, client)
+        responses.refuse_previous_response(request, native_and_named=False)
+        formatted = client.prompt.format(messages, decision.domain)
+        body = client.completion_body(responses.chat_request_fields(request))
+        body["messages"] = responses.chat_messages(formatted)
+        relay = TranslatedResponseRelay(request, decision, client.name, client.config.model)
         return await self._call(client, decision, body, CHAT_PATH, request.stream, relay,
-                                lambda chat: responses_api.response_from_chat(chat, request))  # fmt: skip
+                                lambda chat: response_events.response_from_chat(chat, request))  # fmt: skip
+
+    async def _responses_native(self, request: ResponsesRequest, messages: list[dict], decision: RoutingDecision,
+                                client: ExpertClient) -> Response:  # fmt: skip
+        responses.refuse_previous_response(request, native_and_named=decision.routed_by == "explicit")
+        # A stored conversation continued by previous_response_id has the expert's system prompt already.
+        formatted = client.prompt.format(messages, decision.domain, system_prompt=not request.previous_response_id)
+        fields = request.model_dump(exclude_none=True, exclude={"instructions", "expertmesh"})
+        body = {**client.responses_defaults(), **fields, "model": client.config.model,
+                "input": responses.native_input(formatted)}  # fmt: skip
+        relay = NativeResponseRelay(decision, client.name)
+        return await self._call(client, decision, body, RESPONSES_PATH, request.stream, relay)
 
     # --- calling the expert --------------------------------------------------------------------
 
-    async def _call(self, client: ExpertClient, decision: RoutingDecision, body: dict, path: str, stream: bool,
-                    relay: ChunkRelay | ResponseEventRelay | ChatToResponseRelay,
-                    convert: Callable[[dict], dict[str, Any]] = lambda answer: answer) -> Response:  # fmt: skip
-        """Ask the expert, count it, and answer with its JSON (plus the decision) or its relayed stream."""
+    async def _call(
+        self,
+        client: ExpertClient,
+        decision: RoutingDecision,
+        body: dict,
+        path: str,
+        stream: bool,
+        relay: StreamRelay,
+        convert: Callable[[dict], dict[str, Any]] = lambda answer: answer,
+    ) -> Response:
+        """Ask the expert, count it, and answer with its JSON (plus the decision; `convert`ed to
+        another API's shape) or its stream, passed through `relay`."""
         headers = decision_headers(decision)
         start = time.perf_counter()
         try:
@@ -279,7 +308,9 @@ class ChatService:
         self.metrics.requests.labels(client.name, decision.routed_by, "200").inc()
         return response
 
-    async def _relay(self, relay, lines: Lines, stack: AsyncExitStack, expert: str) -> AsyncIterator[bytes]:
+    async def _relay(
+        self, relay: StreamRelay, lines: Lines, stack: AsyncExitStack, expert: str
+    ) -> AsyncIterator[bytes]:
         """An expert that fails mid-stream ends the stream with its format's error event."""
         try:
             async for data in relay.relay(lines):
@@ -300,19 +331,3 @@ class ChatService:
         self.metrics.requests.labels("fanout", decision.routed_by, str(response.status_code)).inc()
         return response
 
-
-def _check_stateless(request: ResponsesRequest, client: ExpertClient, decision: RoutingDecision) -> None:
-    """The gateway stores no responses; a stored one can be continued only by the named expert
-    whose own server stores it."""
-    if request.background:
-        raise APIError(400, "background responses are not supported: the gateway stores no responses", param="background")
-    if request.conversation is not None or request.prompt is not None:
-        field = "conversation" if request.conversation is not None else "prompt"
-        raise APIError(400, f"'{field}' refers to objects stored by OpenAI; send the input itself", param=field)
-    if request.previous_response_id and not (client.serves_responses_api and decision.routed_by == "explicit"):
-        raise APIError(
-            400,
-            "previous_response_id needs the server that stored that response: name an expert whose server "
-            "serves the Responses API as the model, or send the whole conversation as input",
-            param="previous_response_id",
-        )

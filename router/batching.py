@@ -13,7 +13,6 @@ import asyncio
 from collections.abc import Sequence
 
 import numpy as np
-
 from expertmesh.router.classifier import DomainClassifier
 
 

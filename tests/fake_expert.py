@@ -42,7 +42,9 @@ def build_fake_app(models: list[str] | None = None, delay_s: float = 0.0) -> Fas
     """delay_s: a delay for every answer without its own [sleep=S] marker."""
     app = FastAPI()
     app.state.requests = []  # every body received, for assertions
-    app.state.per_model = {}  # model -> {"delay": s, "status": code, "answer": text}: set by tests
+    # model -> {"delay": s, "status": code, "answer": text, "choices": [...]}: set by tests;
+    # "choices" is a stream's choices, sent one chunk each as they are (then [DONE]).
+    app.state.per_model = {}
     app.state.disconnects = 0  # requests whose client went away while the fake was still "thinking"
 
     @app.get("/health")
@@ -70,6 +72,8 @@ def build_fake_app(models: list[str] | None = None, delay_s: float = 0.0) -> Fas
         tool = TOOL.search(query)
         call = {"id": "call_fake1", "type": "function",
                 "function": {"name": tool.group(1), "arguments": orjson.dumps({"query": query}).decode()}} if tool else None  # fmt: skip
+        if body.get("stream") and rule.get("choices"):
+            return StreamingResponse(_scripted(body["model"], rule["choices"]), media_type="text/event-stream")
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             cut = int(CUT.search(query).group(1)) if CUT.search(query) else None
@@ -130,6 +134,18 @@ def build_fake_app(models: list[str] | None = None, delay_s: float = 0.0) -> Fas
         return JSONResponse({**response, "received_input": body["input"]})
 
     return app
+
+
+async def _scripted(model: str, choices: list[dict | str]):
+    """Each choice in a chunk of its own; a string is sent as a raw data line (a broken event)."""
+    for choice in choices:
+        if isinstance(choice, str):
+            yield b"data: " + choice.encode() + b"\n\n"
+            continue
+        payload = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 0, "model": model,
+                   "choices": [{"index": 0, "logprobs": None, "finish_reason": None, **choice}]}  # fmt: skip
+        yield b"data: " + orjson.dumps(payload) + b"\n\n"
+    yield b"data: [DONE]\n\n"
 
 
 def _truncated(answer: str, max_tokens: int | None) -> tuple[str, str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from expertmesh.router.calibration import (
     expected_calibration_error,
     fit_temperature,

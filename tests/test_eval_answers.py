@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from expertmesh.eval.answers import (
     choice_from_logprobs,
     extract_choice,

@@ -40,9 +40,20 @@ def test_a_real_routing_run_writes_only_under_expertmesh_home(trained_router, tm
     env = {**os.environ, "HOME": str(user_home), "EXPERTMESH_HOME": str(em_home)}
     env.pop("MPLCONFIGDIR", None)
     result = subprocess.run(
-        [sys.executable, "-m", "expertmesh.cli", "route", "What dose of ibuprofen is safe?", "--router", str(trained_router)],
-        env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "expertmesh.cli",
+            "route",
+            "What dose of ibuprofen is safe?",
+            "--router",
+            str(trained_router),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     assert '"domain"' in result.stdout
     assert list(user_home.rglob("*")) == []

@@ -13,7 +13,14 @@ import pytest
 from tests.conftest import REPO
 
 # folder -> the subpackage it is installed as ("" for the base package itself)
-FOLDERS = {"expertmesh": "", "router": "router", "experts": "experts", "gateway": "gateway", "eval": "eval", "cli": "cli"}
+FOLDERS = {
+    "expertmesh": "",
+    "router": "router",
+    "experts": "experts",
+    "gateway": "gateway",
+    "eval": "eval",
+    "cli": "cli",
+}
 # what each layer may import, besides itself and the base
 ALLOWED = {
     "": set(),
@@ -53,7 +60,11 @@ def test_no_layer_imports_a_higher_one(folder):
     layer = FOLDERS[folder]
     offenders = {}
     for path in python_files(folder):
-        upward = {m for m in imported_modules(path) if (lo := layer_of(m)) is not None and lo not in {layer, ""} | ALLOWED[layer]}
+        upward = {
+            m
+            for m in imported_modules(path)
+            if (lo := layer_of(m)) is not None and lo not in {layer, ""} | ALLOWED[layer]
+        }
         if upward:
             offenders[str(path.relative_to(REPO))] = sorted(upward)
     assert not offenders

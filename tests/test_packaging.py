@@ -46,10 +46,23 @@ def wheel(tmp_path_factory) -> Path:
             shutil.copy2(REPO / name, source / name)
     dist = tmp_path_factory.mktemp("dist")
     build = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation", "--no-cache-dir",
-         "--quiet", "-w", str(dist)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            str(source),
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-cache-dir",
+            "--quiet",
+            "-w",
+            str(dist),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert build.returncode == 0, build.stderr
     (path,) = dist.glob("expertmesh-*.whl")
     return path
@@ -74,9 +87,22 @@ def test_the_wheel_has_one_top_level_package_with_its_data(wheel):
 def test_the_installed_package_works_from_anywhere(wheel, tmp_path):
     site = tmp_path / "site"
     install = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-cache-dir", "--quiet", "--target", str(site), str(wheel)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "--no-cache-dir",
+            "--quiet",
+            "--target",
+            str(site),
+            str(wheel),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert install.returncode == 0, install.stderr
     assert sorted(p.name for p in site.iterdir() if p.name != "bin") == sorted(
         ["expertmesh", next(p.name for p in site.iterdir() if p.name.endswith(".dist-info"))]
@@ -84,10 +110,22 @@ def test_the_installed_package_works_from_anywhere(wheel, tmp_path):
     # The installed copy comes first on the path; this environment's editable install of the
     # repository would otherwise answer for it.
     env = {"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
-    checked = subprocess.run([sys.executable, "-P", "-c", CHECK_INSTALLED, str(site)], cwd=tmp_path, env=env,
-                             capture_output=True, text=True, timeout=300)  # fmt: skip
+    checked = subprocess.run(
+        [sys.executable, "-P", "-c", CHECK_INSTALLED, str(site)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert checked.returncode == 0, checked.stderr
     assert int(checked.stdout.strip()) > 40  # every module imported from the installed copy
-    cli = subprocess.run([sys.executable, "-P", "-m", "expertmesh.cli", "--help"], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    cli = subprocess.run(
+        [sys.executable, "-P", "-m", "expertmesh.cli", "--help"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert cli.returncode == 0 and "router" in cli.stdout

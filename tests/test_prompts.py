@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from expertmesh.config import ExpertConfig
 from expertmesh.experts.prompts import ExpertPrompt
+
+from expertmesh.config import ExpertConfig
 
 
 def prompt(system: str = "You are a doctor.", template: str = "Question ({domain}): {query}") -> ExpertPrompt:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import io
 import json
 
+import expertmesh.cli.router_setup as routers
 import pytest
+from expertmesh.router.training import TrainSettings
 from rich.console import Console
 
-import expertmesh.cli.router_setup as routers
 from expertmesh.config import load_config
-from expertmesh.router.training import TrainSettings
 
 pytestmark = pytest.mark.slow
 

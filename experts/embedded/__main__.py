@@ -6,8 +6,9 @@ import argparse
 import logging
 from pathlib import Path
 
-from expertmesh import paths
 from expertmesh.experts.embedded.model import SERVED_MODEL_NAME
+
+from expertmesh import paths
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -21,7 +22,6 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
     import uvicorn
-
     from expertmesh.experts.embedded.model import EmbeddedChatModel, prepare_model
     from expertmesh.experts.embedded.server import EmbeddedServer, build_embedded_app
 

@@ -14,13 +14,13 @@ import uuid
 from typing import Annotated, Any, Literal
 
 import orjson
+from expertmesh.experts.embedded.model import EmbeddedChatModel, Generation, SamplingParams
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from expertmesh.messages import message_text
-from expertmesh.experts.embedded.model import EmbeddedChatModel, Generation, SamplingParams
 
 
 class _Message(BaseModel):
@@ -53,7 +53,7 @@ class _CompletionRequest(_Sampling):
     """The legacy completions API: a raw prompt, continued as it is (no chat template)."""
 
     prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)]
-    max_tokens: int = Field(default=16, ge=1)  # the API's default, as vLLM's
+    max_tokens: int | None = Field(default=None, ge=1)  # unset: 16, the API's default (as vLLM's)
     echo: bool = False
     logprobs: int | None = None
     suffix: str | None = None
@@ -115,9 +115,13 @@ class EmbeddedServer:
         params = self._params(request, request.max_completion_tokens or request.max_tokens or 256, top_logprobs)
         run = _Run(self.model, params, messages=messages)
         if request.stream:
-            return run.stream(request, "chat.completion.chunk", lambda text: {"delta": {"content": text}, "logprobs": None},
-                              first={"delta": {"role": "assistant", "content": ""}, "logprobs": None},
-                              last={"delta": {}, "logprobs": None})  # fmt: skip
+            return run.stream(
+                request,
+                "chat.completion.chunk",
+                lambda text: {"delta": {"content": text}, "logprobs": None},
+                first={"delta": {"role": "assistant", "content": ""}, "logprobs": None},
+                last={"delta": {}, "logprobs": None},
+            )
         text = await run.text()
         logprobs = {"content": run.result.logprobs} if run.result.logprobs is not None else None
         message = {"role": "assistant", "content": text}
@@ -133,7 +137,9 @@ class EmbeddedServer:
         if unserved:  # each would change the answer's meaning; better refused than ignored
             return _error(400, f"the embedded backend does not serve {', '.join(unserved)} on completions "
                                "(chat completions have logprobs)")  # fmt: skip
-        run = _Run(self.model, self._params(request, request.max_tokens), prompt=request.text)
+        if not request.text:
+            return _error(400, "prompt: the prompt is empty; there is nothing to continue")
+        run = _Run(self.model, self._params(request, request.max_tokens or 16), prompt=request.text)
         echo = request.text if request.echo else ""
         if request.stream:
             return run.stream(request, "text_completion", lambda text: {"text": text, "logprobs": None},
