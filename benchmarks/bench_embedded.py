@@ -17,10 +17,10 @@ import statistics
 import time
 
 import httpx
-from expertmesh.experts.embedded.model import SERVED_MODEL_NAME
-from expertmesh.experts.embedded.process import EmbeddedServerProcess
 
 from expertmesh.config import load_config
+from expertmesh.experts.embedded.model import SERVED_MODEL_NAME
+from expertmesh.experts.embedded.process import EmbeddedServerProcess
 
 PROMPTS = [
     "Explain in detail how vaccines train the immune system.",

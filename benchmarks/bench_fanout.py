@@ -26,7 +26,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from expertmesh.experts.pool import ExpertPool  # noqa: E402
 from expertmesh.gateway.app import build_app  # noqa: E402
 from expertmesh.router.policy import RoutingPolicy  # noqa: E402
-
 from tests.conftest import DOMAINS, fake_config, serve_in_thread  # noqa: E402
 from tests.fake_expert import build_fake_app  # noqa: E402
 

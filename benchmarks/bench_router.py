@@ -16,11 +16,10 @@ import statistics
 import time
 from pathlib import Path
 
+from expertmesh.config import load_config
 from expertmesh.router.classifier import load_classifier
 from expertmesh.router.data import read_examples, vendored_data_dir
 from expertmesh.router.policy import RoutingPolicy
-
-from expertmesh.config import load_config
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -104,9 +104,8 @@ def main() -> None:
     args = parser.parse_args()
 
     sys.path.insert(0, str(HERE.parent))
-    from expertmesh.experts.prompts import ExpertPrompt
-
     from expertmesh.config import load_config
+    from expertmesh.experts.prompts import ExpertPrompt
 
     vllm_port, gateway_port = free_port(), free_port()
     env = {**os.environ, "EXPERTMESH_VLLM_PORT": str(vllm_port), "EXPERTMESH_PORT": str(gateway_port)}

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
 from expertmesh.cli.common import ConfigOption, fail, load_or_exit, stderr
 
 eval_app = typer.Typer(help="Evaluate the routed system against oracle and single experts.", no_args_is_help=True)
@@ -17,9 +18,10 @@ eval_app = typer.Typer(help="Evaluate the routed system against oracle and singl
 @eval_app.command("ls")
 def list_tasks() -> None:
     """The tasks (one YAML file each in eval/tasks/) and the suites that group them."""
-    from expertmesh.eval.bench_tasks import TaskError, all_suites, all_tasks
     from rich.console import Console
     from rich.table import Table
+
+    from expertmesh.eval.bench_tasks import TaskError, all_suites, all_tasks
 
     try:
         tasks, suites = all_tasks(), all_suites()
@@ -90,10 +92,6 @@ def _write_plan(folder: Path, plan, settings) -> None:
 
 
 def _answer(plan, folder: Path, settings, cfg) -> list[str]:
-    from expertmesh.eval.answer_store import AnswerStore, answer_key
-    from expertmesh.eval.bench_run import TOP_P_RESPONDER, answer_all
-    from expertmesh.experts.embedded.process import EmbeddedServerProcess
-    from expertmesh.experts.pool import ExpertPool
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -102,6 +100,11 @@ def _answer(plan, folder: Path, settings, cfg) -> list[str]:
         TimeElapsedColumn,
         TimeRemainingColumn,
     )
+
+    from expertmesh.eval.answer_store import AnswerStore, answer_key
+    from expertmesh.eval.bench_run import TOP_P_RESPONDER, answer_all
+    from expertmesh.experts.embedded.process import EmbeddedServerProcess
+    from expertmesh.experts.pool import ExpertPool
 
     store = AnswerStore(folder)
     done = sum(store.get(answer_key(i.task, i.id, r, m)) is not None for i, r, m in plan.jobs)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+
 from expertmesh.cli.common import ConfigOption, fail, load_or_exit
 
 experts_app = typer.Typer(help="Run and inspect expert backends.", no_args_is_help=True)
@@ -49,9 +50,10 @@ def list_experts(config: ConfigOption = None) -> None:
 @experts_app.command("prepare")
 def prepare(config: ConfigOption = None) -> None:
     """Convert the packaged SmolLM2 GGUF into the safetensors folder that vLLM serves (cached)."""
-    from expertmesh.experts.packaged import prepare_model
     from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from expertmesh.experts.packaged import prepare_model
 
     cfg = load_or_exit(config)
     console = Console(stderr=True)
@@ -80,11 +82,11 @@ def serve_experts(config: ConfigOption = None) -> None:
     import signal
     import time
 
-    from expertmesh.experts.process import ServerStartError
-    from expertmesh.experts.vllm import VllmFleet, plan_servers
     from rich.console import Console
 
     from expertmesh.config import ConfigError
+    from expertmesh.experts.process import ServerStartError
+    from expertmesh.experts.vllm import VllmFleet, plan_servers
 
     cfg = load_or_exit(config)
     console = Console(stderr=True, highlight=False)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
 from expertmesh.cli.common import ConfigOption, fail, load_or_exit, stderr
 from expertmesh.cli.eval_commands import eval_app
 from expertmesh.cli.experts_commands import experts_app

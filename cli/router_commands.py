@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from expertmesh.cli.common import ConfigOption, fail, load_or_exit, stderr
 from rich.console import Console
 from rich.progress import Progress
+
+from expertmesh.cli.common import ConfigOption, fail, load_or_exit, stderr
 
 router_app = typer.Typer(help="Train and evaluate the router.", no_args_is_help=True)
 

@@ -6,14 +6,14 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from expertmesh.router.classifier import ArtifactError, load_classifier, read_manifest
-from expertmesh.router.finetune import FinetuneSettings, train_finetune
-from expertmesh.router.policy import RoutingPolicy
-from expertmesh.router.training import TrainResult, TrainSettings, current_fingerprint, train_embed_linear
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from expertmesh.config import Config
+from expertmesh.router.classifier import ArtifactError, load_classifier, read_manifest
+from expertmesh.router.finetune import FinetuneSettings, train_finetune
+from expertmesh.router.policy import RoutingPolicy
+from expertmesh.router.training import TrainResult, TrainSettings, current_fingerprint, train_embed_linear
 
 log = logging.getLogger(__name__)
 

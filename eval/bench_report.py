@@ -11,6 +11,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
+
 from expertmesh.eval.answer_store import AnswerStore, answer_key
 
 PLAN_FILE = "plan.json"

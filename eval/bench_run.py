@@ -24,13 +24,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from expertmesh.config import Config
 from expertmesh.eval.answer_store import AnswerStore, answer_key
 from expertmesh.eval.answers import choice_from_logprobs, score
 from expertmesh.eval.bench_tasks import Item, TaskSpec, all_suites, all_tasks, data_fingerprint, load_items
 from expertmesh.router.policy import RoutingPolicy
 from expertmesh.router.top_p import select_experts
-
-from expertmesh.config import Config
 
 MANIFEST_FILE = "run.json"
 MODES = ("generate", "likelihood")

@@ -8,14 +8,14 @@ import time
 from collections.abc import Callable
 
 import numpy as np
+from sklearn.model_selection import train_test_split
+
+from expertmesh.config import MultiTurnConfig
 from expertmesh.router.augment import add_typos, conversational, drop_punctuation, lowercase, short_query
 from expertmesh.router.classifier import DomainClassifier
 from expertmesh.router.metrics import classification_metrics
 from expertmesh.router.policy import combine_turns
 from expertmesh.router.training import Corpus, TrainSettings, fit_linear, logits_of
-from sklearn.model_selection import train_test_split
-
-from expertmesh.config import MultiTurnConfig
 
 SLICE_SAMPLE = 600
 MULTI_TURN_SAMPLE = 400

@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import numpy as np
+from rich.console import Console
+from rich.table import Table
+
 from expertmesh.router.classifier import DomainClassifier
 from expertmesh.router.data import Example
 from expertmesh.router.metrics import classification_metrics
-from rich.console import Console
-from rich.table import Table
 
 BATCH = 64
 

@@ -21,10 +21,10 @@ from urllib.request import getproxies_environment, proxy_bypass_environment
 
 import aiohttp
 import orjson
-from expertmesh.experts.errors import ExpertError, ExpertFailed, ExpertRejected, ExpertTimeout, ExpertUnavailable
-from expertmesh.experts.prompts import ExpertPrompt
 
 from expertmesh.config import ExpertConfig
+from expertmesh.experts.errors import ExpertError, ExpertFailed, ExpertRejected, ExpertTimeout, ExpertUnavailable
+from expertmesh.experts.prompts import ExpertPrompt
 
 CONNECT_TIMEOUT_S = 5.0
 # The OpenAI API paths under an expert's base URL (".../v1").

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from expertmesh.experts.client import ExpertClient
-
 from expertmesh.config import Config
+from expertmesh.experts.client import ExpertClient
 
 
 class ExpertPool:

@@ -17,8 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from expertmesh.experts.process import ServerProcess, ServerStartError
-
 from expertmesh import paths
 from expertmesh.config import (
     PACKAGED_PREFIX,
@@ -28,6 +26,7 @@ from expertmesh.config import (
     VllmConfig,
     server_address,
 )
+from expertmesh.experts.process import ServerProcess, ServerStartError
 
 VLLM_VENV_PYTHON = Path(__file__).resolve().parent.parent / ".venv-vllm" / "bin" / "python"
 

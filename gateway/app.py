@@ -8,13 +8,6 @@ import time
 from contextlib import asynccontextmanager
 from typing import Annotated
 
-from expertmesh.experts.pool import ExpertPool
-from expertmesh.gateway.errors import APIError, from_validation_error
-from expertmesh.gateway.limits import BodySizeLimit
-from expertmesh.gateway.metrics import GatewayMetrics
-from expertmesh.gateway.protocol import ChatCompletionRequest, CompletionRequest, ResponsesRequest, RouteRequest
-from expertmesh.gateway.serving import ChatService, decision_headers
-from expertmesh.router.policy import RoutingPolicy
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -22,6 +15,13 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from expertmesh.config import Config
+from expertmesh.experts.pool import ExpertPool
+from expertmesh.gateway.errors import APIError, from_validation_error
+from expertmesh.gateway.limits import BodySizeLimit
+from expertmesh.gateway.metrics import GatewayMetrics
+from expertmesh.gateway.protocol import ChatCompletionRequest, CompletionRequest, ResponsesRequest, RouteRequest
+from expertmesh.gateway.serving import ChatService, decision_headers
+from expertmesh.router.policy import RoutingPolicy
 
 log = logging.getLogger(__name__)
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import re
 
-from expertmesh.experts.errors import ExpertError, ExpertFailed, ExpertRejected, ExpertTimeout, ExpertUnavailable
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
+
+from expertmesh.experts.errors import ExpertError, ExpertFailed, ExpertRejected, ExpertTimeout, ExpertUnavailable
 
 
 class APIError(Exception):

@@ -17,6 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from fastapi.responses import Response, StreamingResponse
+
+from expertmesh.config import FanoutConfig
 from expertmesh.experts.errors import ExpertError
 from expertmesh.experts.fanout import (
     DIRECT_STRATEGIES,
@@ -35,9 +38,6 @@ from expertmesh.router.decompose import decompose
 from expertmesh.router.policy import RoutingPolicy
 from expertmesh.router.text import routing_text
 from expertmesh.router.top_p import select_experts
-from fastapi.responses import Response, StreamingResponse
-
-from expertmesh.config import FanoutConfig
 
 Disconnected = Callable[[], Awaitable[bool]]
 DISCONNECT_POLL_S = 0.1

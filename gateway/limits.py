@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from expertmesh.gateway.errors import APIError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from expertmesh.gateway.errors import APIError
 
 
 class BodySizeLimit:

@@ -11,6 +11,7 @@ import uuid
 from typing import Any
 
 import orjson
+
 from expertmesh.gateway.errors import APIError
 from expertmesh.gateway.protocol import ResponsesRequest
 

@@ -16,6 +16,9 @@ import tempfile
 from contextlib import ExitStack
 
 import uvicorn
+from fastapi import FastAPI
+
+from expertmesh.config import Config
 from expertmesh.experts.embedded.process import EmbeddedServerProcess
 from expertmesh.experts.pool import ExpertPool
 from expertmesh.experts.process import die_with_parent
@@ -24,9 +27,6 @@ from expertmesh.gateway.metrics import MULTIPROC_ENV
 from expertmesh.router.classifier import load_classifier
 from expertmesh.router.onnx_minilm import THREADS_ENV, router_threads
 from expertmesh.router.policy import RoutingPolicy
-from fastapi import FastAPI
-
-from expertmesh.config import Config
 
 log = logging.getLogger(__name__)
 

@@ -14,6 +14,9 @@ from contextlib import AsyncExitStack
 from typing import Any, Protocol
 
 import orjson
+from fastapi.responses import Response, StreamingResponse
+
+from expertmesh.config import AUTO_MODEL, FanoutConfig
 from expertmesh.experts.client import CHAT_PATH, COMPLETIONS_PATH, RESPONSES_PATH, ExpertClient
 from expertmesh.experts.errors import ExpertError, ExpertFailed, ExpertUnavailable
 from expertmesh.experts.pool import ExpertPool
@@ -25,9 +28,6 @@ from expertmesh.gateway.protocol import ChatCompletionRequest, CompletionRequest
 from expertmesh.router.batching import MicroBatcher
 from expertmesh.router.decision import RoutingDecision
 from expertmesh.router.policy import RoutingPolicy
-from fastapi.responses import Response, StreamingResponse
-
-from expertmesh.config import AUTO_MODEL, FanoutConfig
 
 log = logging.getLogger(__name__)
 

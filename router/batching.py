@@ -13,6 +13,7 @@ import asyncio
 from collections.abc import Sequence
 
 import numpy as np
+
 from expertmesh.router.classifier import DomainClassifier
 
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
 from expertmesh.router.classifier import MANIFEST, ArtifactError, read_manifest
 from expertmesh.router.encoder import ENCODER_NAME, Encoder, load_encoder
 

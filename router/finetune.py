@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+
 from expertmesh.router.calibration import softmax
 from expertmesh.router.classifier import MANIFEST, read_manifest
 from expertmesh.router.data import data_files, fingerprint, vendored_data_dir

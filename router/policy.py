@@ -7,11 +7,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
+from expertmesh.config import Config, MultiTurnConfig
 from expertmesh.router.classifier import DomainClassifier
 from expertmesh.router.decision import Conversation, RoutingDecision
 from expertmesh.router.text import user_turns
-
-from expertmesh.config import Config, MultiTurnConfig
 
 DEFAULT_THRESHOLD = 0.35  # for an artifact that chose none and a config that sets none
 

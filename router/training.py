@@ -23,6 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+
 from expertmesh.router.augment import variant
 from expertmesh.router.calibration import (
     expected_calibration_error,

@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import uvicorn
+
+from expertmesh.config import Config
 from expertmesh.experts.pool import ExpertPool
 from expertmesh.gateway.app import build_app
 from expertmesh.router.policy import RoutingPolicy
-
-from expertmesh.config import Config
 from tests.fake_expert import build_fake_app
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -132,8 +132,9 @@ def gateway_url(fake_expert) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def trained_router(tmp_path_factory) -> Path:
     """A real embed-linear router trained through the CLI on a small sample (~1.3k texts)."""
-    from expertmesh.cli import app
     from typer.testing import CliRunner
+
+    from expertmesh.cli import app
 
     folder = tmp_path_factory.mktemp("router") / "embed-linear"
     result = CliRunner().invoke(app, ["router", "train", "--out", str(folder), "--per-domain", "120"])
@@ -145,8 +146,7 @@ def trained_router(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def embedded_model():
     """The real SmolLM2-135M-Instruct (converted once per test session, into the suite's temporary home)."""
-    from expertmesh.experts.embedded.model import EmbeddedChatModel, prepare_model
-
     from expertmesh.config import load_config
+    from expertmesh.experts.embedded.model import EmbeddedChatModel, prepare_model
 
     return EmbeddedChatModel(prepare_model(load_config().embedded.cache_dir))

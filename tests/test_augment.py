@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
+
 from expertmesh.router.augment import (
     add_typos,
     conversational,

@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import pytest
+
 from expertmesh.router.batching import MicroBatcher
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from expertmesh.router.calibration import (
     expected_calibration_error,
     fit_temperature,

@@ -80,8 +80,9 @@ def test_unreadable_and_malformed_files(tmp_path):
 
 
 def test_cli_reports_config_errors_without_a_traceback(tmp_path):
-    from expertmesh.cli import app
     from typer.testing import CliRunner
+
+    from expertmesh.cli import app
 
     path = write(tmp_path, mutate(default_data(), lambda d: d["router"].update(fallback_expert="oracle")))
     result = CliRunner().invoke(app, ["route", "hello", "--config", str(path)])
@@ -90,8 +91,9 @@ def test_cli_reports_config_errors_without_a_traceback(tmp_path):
 
 
 def test_cli_reports_a_missing_router_artifact(tmp_path):
-    from expertmesh.cli import app
     from typer.testing import CliRunner
+
+    from expertmesh.cli import app
 
     result = CliRunner().invoke(app, ["route", "hello", "--router", str(tmp_path)])
     assert result.exit_code == 2

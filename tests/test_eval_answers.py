@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from expertmesh.eval.answers import (
     choice_from_logprobs,
     extract_choice,

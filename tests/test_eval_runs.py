@@ -13,10 +13,10 @@ from collections import Counter
 
 import pytest
 import yaml
-from expertmesh.cli import app
-from expertmesh.eval.bench_report import bootstrap_interval, summarize
 from typer.testing import CliRunner
 
+from expertmesh.cli import app
+from expertmesh.eval.bench_report import bootstrap_interval, summarize
 from tests.conftest import REPO, fake_config, running_gateway, serve_in_thread
 from tests.fake_expert import build_fake_app
 
@@ -152,9 +152,8 @@ def test_the_smoke_suite_covers_every_domain():
 
 
 def test_concurrency_defaults_to_one_for_the_embedded_model_only():
-    from expertmesh.eval.bench_run import default_concurrency
-
     from expertmesh.config import load_config
+    from expertmesh.eval.bench_run import default_concurrency
 
     embedded = load_config()  # the default config: every expert is the embedded SmolLM2
     assert all(e.is_embedded for e in embedded.experts)

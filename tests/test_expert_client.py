@@ -7,12 +7,12 @@ import asyncio
 
 import orjson
 import pytest
-from expertmesh.experts.client import ExpertClient
-from expertmesh.experts.errors import ExpertRejected, ExpertTimeout, ExpertUnavailable
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from expertmesh.config import ExpertConfig
+from expertmesh.experts.client import ExpertClient
+from expertmesh.experts.errors import ExpertRejected, ExpertTimeout, ExpertUnavailable
 from tests.conftest import free_port, serve_in_thread
 from tests.fake_expert import build_fake_app
 

@@ -12,14 +12,14 @@ from collections.abc import Sequence
 import httpx
 import numpy as np
 import pytest
+
+from expertmesh.config import Config
 from expertmesh.experts.fanout import Assignment, ask_experts
 from expertmesh.experts.pool import ExpertPool
 from expertmesh.gateway.app import build_app
 from expertmesh.router.decompose import decompose, split_parts
 from expertmesh.router.policy import RoutingPolicy
 from expertmesh.router.top_p import select_experts
-
-from expertmesh.config import Config
 from tests.conftest import DOMAINS, KeywordClassifier, fake_config, serve_in_thread
 
 EXPERT_FOR_DOMAIN = {d: d for d in DOMAINS if d != "science"} | {"science": "general"}

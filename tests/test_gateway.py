@@ -6,10 +6,10 @@ import json
 
 import httpx
 import pytest
+
 from expertmesh.experts.pool import ExpertPool
 from expertmesh.gateway.app import build_app
 from expertmesh.router.policy import RoutingPolicy
-
 from tests.conftest import KeywordClassifier, fake_config, running_gateway, serve_in_thread
 
 

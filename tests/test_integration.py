@@ -17,12 +17,12 @@ import httpx
 import openai
 import pytest
 import yaml
+
+from expertmesh.config import default_config_path, load_config
 from expertmesh.experts.pool import ExpertPool
 from expertmesh.gateway.app import build_app
 from expertmesh.router.classifier import load_classifier
 from expertmesh.router.policy import RoutingPolicy
-
-from expertmesh.config import default_config_path, load_config
 from tests.conftest import free_port, serve_in_thread
 
 pytestmark = pytest.mark.slow

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from expertmesh.experts.prompts import ExpertPrompt
-
 from expertmesh.config import ExpertConfig
+from expertmesh.experts.prompts import ExpertPrompt
 
 
 def prompt(system: str = "You are a doctor.", template: str = "Question ({domain}): {query}") -> ExpertPrompt:

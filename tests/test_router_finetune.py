@@ -6,12 +6,12 @@ import json
 
 import numpy as np
 import pytest
-from expertmesh.cli import app
-from expertmesh.router.classifier import load_classifier
-from expertmesh.router.policy import RoutingPolicy
 from typer.testing import CliRunner
 
+from expertmesh.cli import app
 from expertmesh.config import load_config
+from expertmesh.router.classifier import load_classifier
+from expertmesh.router.policy import RoutingPolicy
 
 pytestmark = pytest.mark.slow
 TRAIN = ["router", "train", "--kind", "finetune", "--per-domain", "20", "--epochs", "2", "--seed", "3"]

@@ -7,14 +7,14 @@ import json
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
+
 from expertmesh.cli import app
+from expertmesh.config import load_config
 from expertmesh.router.classifier import ArtifactError, load_classifier
 from expertmesh.router.embed_linear import EmbeddingLinearClassifier
 from expertmesh.router.policy import RoutingPolicy
 from expertmesh.router.training import TrainSettings, current_fingerprint
-from typer.testing import CliRunner
-
-from expertmesh.config import load_config
 
 pytestmark = pytest.mark.slow
 

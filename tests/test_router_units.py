@@ -7,6 +7,8 @@ import json
 
 import numpy as np
 import pytest
+
+from expertmesh.config import load_config
 from expertmesh.router.data import (
     DataError,
     Example,
@@ -17,8 +19,6 @@ from expertmesh.router.data import (
 )
 from expertmesh.router.metrics import classification_metrics
 from expertmesh.router.policy import RoutingPolicy
-
-from expertmesh.config import load_config
 from tests.conftest import KeywordClassifier
 
 

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
 
-import expertmesh.cli.router_setup as routers
 import pytest
-from expertmesh.router.training import TrainSettings
 from rich.console import Console
 
+import expertmesh.cli.router_setup as routers
 from expertmesh.config import load_config
+from expertmesh.router.training import TrainSettings
+from tests.conftest import REPO
 
-pytestmark = pytest.mark.slow
-
-
+@pytest.mark.slow
 def test_missing_artifact_is_trained_once_then_reused(tmp_path, monkeypatch, caplog):
     monkeypatch.setitem(routers.SETTINGS, "embed-linear", lambda **kw: TrainSettings(**{"per_domain": 30, **kw}))
     config = load_config()
@@ -31,3 +31,18 @@ def test_missing_artifact_is_trained_once_then_reused(tmp_path, monkeypatch, cap
     assert output.getvalue() == ""  # loaded, not retrained
     assert json.loads((tmp_path / "r" / "manifest.json").read_text())["created"] == created
     assert "trained on other data" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("variables", "arguments"),
+    [
+        ([], []),
+        (["HOST=0.0.0.0", "PORT=9000"], ["--host", "0.0.0.0", "--port", "9000"]),
+        (["CONFIG=deploy/vllm-cpu.yaml", "WORKERS=2"], ["--config", "deploy/vllm-cpu.yaml", "--workers", "2"]),
+    ],
+)
+def test_make_serve_passes_what_the_readme_says(variables, arguments):
+    """`make serve HOST=... PORT=...` (dry run: the commands make would run)."""
+    planned = subprocess.run(["make", "-n", "serve", *variables], cwd=REPO, capture_output=True, text=True, check=True)
+    serve = " ".join(planned.stdout.split("\\\n")).split(".venv/bin/expertmesh serve", 1)[1].split()
+    assert serve == arguments

@@ -20,13 +20,13 @@ import httpx
 import openai
 import pytest
 import yaml
+
+from expertmesh.config import load_config
 from expertmesh.experts.pool import ExpertPool
 from expertmesh.experts.vllm import VLLM_VENV_PYTHON
 from expertmesh.gateway.app import build_app
 from expertmesh.router.classifier import load_classifier
 from expertmesh.router.policy import RoutingPolicy
-
-from expertmesh.config import load_config
 from tests.conftest import REPO, free_port, serve_in_thread
 
 pytestmark = pytest.mark.vllm

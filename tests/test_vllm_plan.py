@@ -10,10 +10,10 @@ import time
 
 import pytest
 import yaml
-from expertmesh.experts.process import ServerProcess, ServerStartError
-from expertmesh.experts.vllm import VllmFleet, plan_servers, vllm_python
 
 from expertmesh.config import ConfigError, load_config
+from expertmesh.experts.process import ServerProcess, ServerStartError
+from expertmesh.experts.vllm import VllmFleet, plan_servers, vllm_python
 from tests.conftest import REPO, free_port
 
 SERVE = {"base_model": "org/base-7b", "args": ["--gpu-memory-utilization", "0.4"]}

@@ -6,9 +6,8 @@ import argparse
 import logging
 from pathlib import Path
 
-from expertmesh.experts.embedded.model import SERVED_MODEL_NAME
-
 from expertmesh import paths
+from expertmesh.experts.embedded.model import SERVED_MODEL_NAME
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -22,6 +21,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
     import uvicorn
+
     from expertmesh.experts.embedded.model import EmbeddedChatModel, prepare_model
     from expertmesh.experts.embedded.server import EmbeddedServer, build_embedded_app
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import sys
 
+from expertmesh.config import EmbeddedConfig
 from expertmesh.experts.embedded.model import SERVED_MODEL_NAME
 from expertmesh.experts.process import ServerProcess, free_port
-
-from expertmesh.config import EmbeddedConfig
 
 
 class EmbeddedServerProcess:

@@ -14,12 +14,12 @@ import uuid
 from typing import Annotated, Any, Literal
 
 import orjson
-from expertmesh.experts.embedded.model import EmbeddedChatModel, Generation, SamplingParams
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from expertmesh.experts.embedded.model import EmbeddedChatModel, Generation, SamplingParams
 from expertmesh.messages import message_text
 
 
