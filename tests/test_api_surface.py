@@ -322,7 +322,10 @@ def test_relayed_response_streams_pass_through_with_the_decision(native_gateway)
 def test_previous_response_id_goes_only_to_a_named_expert_that_stores_responses(native_gateway, fake_expert):
     client = sdk(native_gateway)
     client.responses.create(model="legal", input="and the deposit?", previous_response_id="resp_fake")
-    assert last_request(fake_expert)["previous_response_id"] == "resp_fake"
+    sent = last_request(fake_expert)
+    assert sent["previous_response_id"] == "resp_fake"
+    # The stored conversation has the expert's system prompt already: it is not sent again.
+    assert sent["input"] == [{"type": "message", "role": "user", "content": "[legal] and the deposit?"}]
     with pytest.raises(openai.BadRequestError, match="previous_response_id"):
         client.responses.create(model="auto", input="and the deposit?", previous_response_id="resp_fake")
 
