@@ -14,8 +14,9 @@ from expertmesh.config import MultiTurnConfig
 from expertmesh.router.augment import add_typos, conversational, drop_punctuation, lowercase, short_query
 from expertmesh.router.classifier import DomainClassifier
 from expertmesh.router.metrics import classification_metrics
-from expertmesh.router.policy import combine_turns
+from expertmesh.router.data import DEV_DIR, ConversationExample, Example, read_labelled, vendored_path
 from expertmesh.router.training import Corpus, TrainSettings, fit_linear, logits_of
+from expertmesh.eval.routing import evaluate_classifier, predict_domains
 
 SLICE_SAMPLE = 600
 MULTI_TURN_SAMPLE = 400
@@ -84,10 +85,10 @@ def _fit_and_score(corpus: Corpus, train: np.ndarray, test: np.ndarray, settings
     )
 
 
-def robustness_slices(classifier: DomainClassifier, corpus: Corpus, dev: np.ndarray, seed: int) -> dict:
+def robustness_slices(classifier: DomainClassifier, dev: list[Example], seed: int) -> dict:
     """Accuracy on held-out-source texts as they are and as users would type them."""
     rng = random.Random(seed)
-    sample = [corpus.examples[i] for i in rng.sample(list(dev), min(SLICE_SAMPLE, len(dev)))]
+    sample = rng.sample(dev, min(SLICE_SAMPLE, len(dev)))
     max_length = classifier.max_length
     slices: dict[str, list[tuple[str, str]]] = {
         "as written": [(e.text, e.domain) for e in sample],
@@ -108,19 +109,19 @@ def robustness_slices(classifier: DomainClassifier, corpus: Corpus, dev: np.ndar
     return results
 
 
-def multi_turn(classifier: DomainClassifier, corpus: Corpus, dev: np.ndarray, config: MultiTurnConfig, seed: int) -> dict:
+def multi_turn(classifier: DomainClassifier, dev: list[Example], config: MultiTurnConfig, seed: int) -> dict:
     """Two-turn conversations built from held-out-source questions (how: docs in README):
     follow-ups (generic or domain-specific) must keep the first turn's domain; a second
-    question from another domain must switch to it (other than the never_switch_to domains,
-    which by design keep the conversation's expert)."""
+    question from another domain must switch to it. Scored through the gateway's multi-turn
+    logic (router/policy.py)."""
     rng = random.Random(seed)
-    firsts = [corpus.examples[i] for i in rng.sample(list(dev), min(MULTI_TURN_SAMPLE, len(dev)))]
+    firsts = rng.sample(dev, min(MULTI_TURN_SAMPLE, len(dev)))
     follow_ups, switches = [], []
     for first in firsts:
         pool = GENERIC_FOLLOW_UPS + DOMAIN_FOLLOW_UPS.get(first.domain, [])
         follow_ups.append((first.text, rng.choice(pool), first.domain))
-        others = [i for i in dev if corpus.examples[i].domain not in (first.domain, *config.never_switch_to)]
-        other = corpus.examples[rng.choice(others)]
+        others = [e for e in dev if e.domain != first.domain]
+        other = rng.choice(others)
         switches.append((first.text, other.text, other.domain))
     return {
         "follow_up": _score_conversations(classifier, follow_ups, config, reference="history"),
@@ -135,23 +136,22 @@ def _score_conversations(
     """Accuracy of the conversation-aware decision, of the last turn alone, and, to isolate the
     multi-turn logic from single-text mistakes, where the reference text alone ("history" for
     follow-ups, "last" for switches) is routed right."""
-    histories = classifier.predict_proba([history for history, _, _ in conversations])
-    lasts = classifier.predict_proba([last for _, last, _ in conversations])
-    correct, alone, history_right = [], [], []
-    for history, last, (_, _, gold) in zip(histories, lasts, conversations):
-        combined, _ = combine_turns(last, history, config, classifier.labels)
-        correct.append(classifier.labels[int(np.argmax(combined))] == gold)
-        alone.append(classifier.labels[int(np.argmax(last))] == gold)
-        reference_probabilities = history if reference == "history" else last
-        history_right.append(classifier.labels[int(np.argmax(reference_probabilities))] == gold)
-    correct_arr, history_arr = np.array(correct), np.array(history_right)
-    given = float(correct_arr[history_arr].mean()) if history_arr.any() else float("nan")
-    return {"accuracy": round(float(correct_arr.mean()), 4), "last_turn_alone_accuracy": round(float(np.mean(alone)), 4),
+    items = [ConversationExample(({"role": "user", "content": first}, {"role": "assistant", "content": "..."},
+                                  {"role": "user", "content": last}), gold) for first, last, gold in conversations]  # fmt: skip
+    decided = predict_domains(classifier, items, config)
+    firsts = classifier.predict_proba([first for first, _, _ in conversations]).argmax(1)
+    lasts = classifier.predict_proba([last for _, last, _ in conversations]).argmax(1)
+    correct = np.array([p == gold for p, (_, _, gold) in zip(decided, conversations)])
+    alone = [classifier.labels[i] == gold for i, (_, _, gold) in zip(lasts, conversations)]
+    reference_rows = firsts if reference == "history" else lasts
+    reference_right = np.array([classifier.labels[i] == gold for i, (_, _, gold) in zip(reference_rows, conversations)])
+    given = float(correct[reference_right].mean()) if reference_right.any() else float("nan")
+    return {"accuracy": round(float(correct.mean()), 4), "last_turn_alone_accuracy": round(float(np.mean(alone)), 4),
             "accuracy_where_reference_is_right": round(given, 4), "reference": reference, "n": len(conversations)}  # fmt: skip
 
 
-def single_request_latency(classifier: DomainClassifier, corpus: Corpus, count: int = 100) -> dict:
-    texts = [e.text for e in corpus.examples[:: max(1, len(corpus.examples) // count)]][:count]
+def single_request_latency(classifier: DomainClassifier, examples: list[Example], count: int = 100) -> dict:
+    texts = [e.text for e in examples[:: max(1, len(examples) // count)]][:count]
     timings = []
     for text in texts:
         start = time.perf_counter()
@@ -160,3 +160,29 @@ def single_request_latency(classifier: DomainClassifier, corpus: Corpus, count: 
     return {"p50_ms": round(float(np.percentile(timings, 50)), 2), "p95_ms": round(float(np.percentile(timings, 95)), 2),
             "n": len(timings)}  # fmt: skip
 
+
+
+def dev_set(classifier: DomainClassifier, config: MultiTurnConfig) -> dict | None:
+    """The written dev set (router/data/dev; never trained on): its prompts, by register (the
+    source field), and its conversations, through the gateway's multi-turn logic."""
+    folder = vendored_path(*DEV_DIR)
+    if not folder.exists():
+        return None
+    items = read_labelled(folder, classifier.labels)
+    prompts = [e for e in items if isinstance(e, Example)]
+    conversations = [e for e in items if isinstance(e, ConversationExample)]
+    report = {}
+    if prompts:
+        predicted = predict_domains(classifier, prompts, config)
+        report["prompts"] = classification_metrics([e.domain for e in prompts], predicted, classifier.labels)
+        report["prompts_by_register"] = _accuracy_by(prompts, predicted, lambda e: e.source.removeprefix("dev_"))
+    if conversations:
+        report["conversations"] = evaluate_classifier(classifier, conversations, multi_turn=config)
+    return report
+
+
+def _accuracy_by(items: list[Example], predicted: list[str], key: Callable[[Example], str]) -> dict:
+    groups: dict[str, list[bool]] = {}
+    for item, label in zip(items, predicted):
+        groups.setdefault(key(item), []).append(item.domain == label)
+    return {k: {"accuracy": round(float(np.mean(v)), 4), "n": len(v)} for k, v in sorted(groups.items())}

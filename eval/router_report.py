@@ -121,7 +121,24 @@ def render_markdown(report: dict, title: str, figures: list[str]) -> str:
         lines += ["", "The reference text is the first question for a follow-up (does the follow-up keep a "
                   "conversation that was routed right?) and the new question for a switch (is a question "
                   "that alone is routed right also routed right after another domain's question?).", ""]  # fmt: skip
+    if "dev_set" in report:
+        lines += _dev_set_lines(report["dev_set"])
     if "latency" in report:
         lat = report["latency"]
         lines += ["## Latency", "", f"single request p50 {lat['p50_ms']} ms, p95 {lat['p95_ms']} ms (n = {lat['n']})", ""]
     return "\n".join(lines)
+
+
+def _dev_set_lines(dev: dict) -> list[str]:
+    lines = ["## Written dev set (never trained on)", ""]
+    if "prompts" in dev:
+        prompts = dev["prompts"]
+        lines += [f"Prompts: accuracy {prompts['accuracy']:.4f}, macro-F1 {prompts['macro_f1']:.4f}, n = {prompts['n']}", "",
+                  *_metrics_table(prompts), "", "| register | accuracy | n |", "|---|---|---|"]  # fmt: skip
+        lines += [f"| {k} | {r['accuracy']:.3f} | {r['n']} |" for k, r in dev["prompts_by_register"].items()] + [""]
+    if "conversations" in dev:
+        conversations = dev["conversations"]["conversations"]
+        lines += [f"Conversations (label: the last user turn): accuracy {conversations['accuracy']:.4f}, "
+                  f"n = {conversations['n']}", "", "| kind | accuracy | n |", "|---|---|---|"]  # fmt: skip
+        lines += [f"| {k} | {r['accuracy']:.3f} | {r['n']} |" for k, r in conversations["by_kind"].items()] + [""]
+    return lines

@@ -149,8 +149,9 @@ class MultiTurnConfig(_Strict):
 
 
 class RouterConfig(_Strict):
-    kind: Literal["embed-linear", "finetune"] = "embed-linear"
-    artifact: Path = Field(default_factory=lambda: paths.router_artifacts() / "embed-linear")
+    kind: Literal["embed-linear", "finetune"] = "finetune"
+    # Default: the fine-tuned router shipped in the package (paths.packaged_router()).
+    artifact: Path = Field(default_factory=paths.packaged_router)
     # Below this probability for the top domain, the request goes to fallback_expert.
     # Unset: the threshold that `router train` chose for its target misroute rate.
     confidence_threshold: float | None = Field(default=None, ge=0, le=1)

@@ -19,7 +19,16 @@ def home() -> Path:
 
 
 def router_artifacts() -> Path:
+    """Where `expertmesh router train` writes routers, unless told otherwise."""
     return home() / "routers"
+
+
+def packaged_router() -> Path:
+    """The trained router shipped inside the package (router/artifacts/finetune in the
+    repository): the default, so that a new install routes without training first."""
+    from importlib import resources
+
+    return Path(str(resources.files("expertmesh.router").joinpath("artifacts", "finetune")))
 
 
 def model_cache() -> Path:

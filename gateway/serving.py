@@ -178,12 +178,12 @@ class ChatService:
         """The router's decision for a conversation (its last user turn, in context)."""
         if self.policy is None:
             raise APIError(503, "no router is loaded; name an expert as the model", "server_error")
-        texts = self.policy.texts_to_score(messages)
+        texts, contexts = self.policy.inputs_to_score(messages)
         if not texts[0].strip():  # no user text to route on
             return RoutingDecision(expert=self.fallback_expert, routed_by="fallback")
         # Concurrent requests share classifier calls; the encoder runs off the event loop.
         start = time.perf_counter()
-        rows = await self.batcher.predict_proba(texts)
+        rows = await self.batcher.predict_proba(texts, contexts)
         decision = self.policy.decide(rows, (time.perf_counter() - start) * 1000)
         self.metrics.routing_seconds.observe(decision.latency_ms / 1000)
         if decision.confidence is not None:

@@ -21,13 +21,16 @@ class DomainClassifier(Protocol):
     labels: list[str]
     threshold: float | None  # the confidence threshold chosen at training, if any
     max_length: int  # tokens read of a text; the rest is cut
+    reads_context: bool  # whether it scores a turn together with the conversation before it
 
     def token_count(self, text: str) -> int:
         """How many tokens the classifier's tokenizer makes of a text."""
         ...
 
-    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
-        """One row of domain probabilities (in `labels` order) per text."""
+    def predict_proba(self, texts: Sequence[str], contexts: Sequence[str] | None = None) -> np.ndarray:
+        """One row of domain probabilities (in `labels` order) per text. contexts[i], where given,
+        holds the earlier user turns of text i's conversation; a classifier whose
+        `reads_context` is false ignores them."""
         ...
 
 

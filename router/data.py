@@ -8,7 +8,7 @@ import json
 import random
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 
@@ -37,10 +37,44 @@ class Example:
     source: str = ""
     transform: str = ""  # the augmentation that produced this text ("" for an original)
     parent: str = ""  # for an augmentation: the original text it was made from
+    # For a turn of a conversation: the earlier user turns, as router/text.py's
+    # conversation_context() joins them ("" for a request on its own).
+    context: str = ""
+    # "domain/source" of the file the row came from: a relabelled row keeps its origin, so that
+    # holding a source out holds all of its rows out.
+    origin: str = ""
+
+
+@dataclass(frozen=True)
+class ConversationExample:
+    """A labelled conversation: its domain is that of the last user turn, read in the light of
+    the earlier ones (DOMAINS.md). turn_domains, where given, labels every user turn."""
+
+    messages: tuple[dict, ...]
+    domain: str
+    source: str = ""
+    kind: str = ""  # follow_up, switch or mixed, where the data says
+    turn_domains: tuple[str, ...] = ()
 
 
 def vendored_data_dir() -> Path:
     return Path(str(resources.files("expertmesh.router") / "data" / "routing"))
+
+
+def vendored_path(*parts: str) -> Path:
+    """A file or folder of the router's vendored data (router/data/...)."""
+    return Path(str(resources.files("expertmesh.router").joinpath("data", *parts)))
+
+
+# Vendored rows whose source-level label contradicts DOMAINS.md, relabelled or dropped by hand
+# (router/data/DATA.md says how): {"id": row_id(...), "domain": new label or "drop", "why": ...}.
+RELABEL_FILE = ("relabel.jsonl.gz",)
+CONVERSATIONS_DIR = ("conversations",)  # written training conversations
+DEV_DIR = ("dev",)  # the written dev set: never trained on
+
+
+def row_id(domain: str, source: str, text: str) -> str:
+    return hashlib.sha1(f"{domain}/{source}\n{text}".encode()).hexdigest()[:12]
 
 
 def data_files(path: Path) -> list[Path]:
@@ -64,6 +98,15 @@ def _open_text(path: Path):
 
 def read_examples(path: Path, known_domains: Iterable[str] | None = None) -> list[Example]:
     """Read {"text", "domain"[, "source"]} lines; a bad line or unknown domain is an error."""
+    examples = read_labelled(path, known_domains)
+    conversations = [e for e in examples if isinstance(e, ConversationExample)]
+    if conversations:
+        raise DataError(f'{path}: expected {{"text", "domain"}} lines, found {len(conversations)} conversation(s)')
+    return examples  # type: ignore[return-value]
+
+
+def read_labelled(path: Path, known_domains: Iterable[str] | None = None) -> list[Example | ConversationExample]:
+    """Read labelled lines of either shape: {"text", "domain"} or {"messages": [...], "domain"}."""
     known = set(known_domains) if known_domains is not None else None
     examples = []
     for file in data_files(path):
@@ -77,20 +120,94 @@ def read_examples(path: Path, known_domains: Iterable[str] | None = None) -> lis
     return examples
 
 
-def _parse_line(line: str, where: str, known: set[str] | None) -> Example:
+def read_conversations(path: Path, known_domains: Iterable[str] | None = None) -> list[ConversationExample]:
+    rows = read_labelled(path, known_domains)
+    texts = [e for e in rows if not isinstance(e, ConversationExample)]
+    if texts:
+        raise DataError(f'{path}: expected {{"messages", "domain"}} lines, found {len(texts)} single text(s)')
+    return rows  # type: ignore[return-value]
+
+
+def _parse_line(line: str, where: str, known: set[str] | None) -> Example | ConversationExample:
     try:
         row = json.loads(line)
     except json.JSONDecodeError as exc:
         raise DataError(f"{where}: not valid JSON ({exc.msg})") from None
+    if isinstance(row, dict) and "messages" in row:
+        return _parse_conversation(row, where, known)
     if not isinstance(row, dict) or not isinstance(row.get("text"), str) or not isinstance(
         row.get("domain"), str
     ):
         raise DataError(f'{where}: expected an object with string fields "text" and "domain"')
-    if known is not None and row["domain"] not in known:
-        raise DataError(
-            f"{where}: unknown domain label '{row['domain']}'; the router knows {sorted(known)}"
-        )
+    _check_domain(row["domain"], where, known)
     return Example(row["text"], row["domain"], str(row.get("source", "")))
+
+
+def _check_domain(domain: object, where: str, known: set[str] | None) -> None:
+    if not isinstance(domain, str):
+        raise DataError(f'{where}: "domain" must be a string')
+    if known is not None and domain not in known:
+        raise DataError(f"{where}: unknown domain label '{domain}'; the router knows {sorted(known)}")
+
+
+def _parse_conversation(row: dict, where: str, known: set[str] | None) -> ConversationExample:
+    messages = row["messages"]
+    if not isinstance(messages, list) or not all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) for m in messages
+    ):
+        raise DataError(f'{where}: "messages" must be a list of objects with a "role"')
+    if not any(m["role"] == "user" for m in messages):
+        raise DataError(f'{where}: the conversation has no user turn')
+    _check_domain(row.get("domain"), where, known)
+    turn_domains = row.get("turn_domains") or []
+    users = sum(m["role"] == "user" for m in messages)
+    if turn_domains:
+        if not isinstance(turn_domains, list) or len(turn_domains) != users:
+            raise DataError(f'{where}: "turn_domains" must give one label per user turn ({users})')
+        for domain in turn_domains:
+            _check_domain(domain, where, known)
+    return ConversationExample(tuple(messages), row["domain"], str(row.get("source", "")),
+                               str(row.get("kind", "")), tuple(turn_domains))  # fmt: skip
+
+
+def read_relabels() -> dict[str, str]:
+    """row_id -> the DOMAINS.md label (or "drop") of vendored rows whose source label was wrong."""
+    path = vendored_path(*RELABEL_FILE)
+    if not path.is_file():
+        return {}
+    with _open_text(path) as handle:
+        return {row["id"]: row["domain"] for row in map(json.loads, filter(str.strip, handle))}
+
+
+def apply_relabels(examples: list[Example], relabels: dict[str, str]) -> list[Example]:
+    """The examples with each listed row relabelled (or left out, for "drop")."""
+    out = []
+    for example in examples:
+        label = relabels.get(row_id(example.domain, example.source, example.text))
+        if label == "drop":
+            continue
+        out.append(replace(example, domain=label or example.domain, origin=f"{example.domain}/{example.source}"))
+    return out
+
+
+def load_routing_data(data_dir: Path, domains: Iterable[str]) -> list[Example]:
+    """The labelled texts of a data folder; for the vendored one, with the DOMAINS.md relabels.
+    A relabelled row keeps its source: leave-one-source-out still holds the whole source out."""
+    examples = [replace(e, origin=f"{e.domain}/{e.source}") for e in read_examples(data_dir, domains)]
+    if Path(data_dir) == vendored_data_dir():
+        examples = apply_relabels(examples, read_relabels())
+    known = set(domains)
+    return [e for e in examples if e.domain in known]
+
+
+def training_files(data_dir: Path) -> list[Path]:
+    """Every file that training reads (for the data fingerprint)."""
+    files = data_files(data_dir)
+    if Path(data_dir) == vendored_data_dir():
+        extra = [vendored_path(*RELABEL_FILE), vendored_path(*CONVERSATIONS_DIR)]
+        for path in extra:
+            files += data_files(path) if path.exists() else []
+    return files
 
 
 def fingerprint(files: Iterable[Path], **params: object) -> str:

@@ -28,6 +28,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 class EmbeddingLinearClassifier:
     kind = "embed-linear"
+    reads_context = False  # a conversation is weighed by router/policy.py's combine_turns
 
     def __init__(
         self,
@@ -57,7 +58,7 @@ class EmbeddingLinearClassifier:
     def max_length(self) -> int:
         return self.encoder.max_length
 
-    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+    def predict_proba(self, texts: Sequence[str], contexts: Sequence[str] | None = None) -> np.ndarray:
         return self.proba_from_embeddings(self.encoder.encode(texts))
 
     def proba_from_embeddings(self, embeddings: np.ndarray) -> np.ndarray:

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from expertmesh.router.text import bounded
+
 log = logging.getLogger(__name__)
 
 ENCODER_NAME = "all-MiniLM-L6-v2"
@@ -85,7 +87,7 @@ class TextEncoder:
         """The text itself, or for one over max_length tokens, its head and tail tokens."""
         if len(text) <= self.max_length:  # every token has at least one character
             return text
-        ids = self.tokenizer.encode(text, add_special_tokens=False).ids
+        ids = self.tokenizer.encode(bounded(text), add_special_tokens=False).ids
         room = self.max_length - 6  # [CLS], [SEP] and a little slack for re-tokenisation
         if len(ids) <= room:
             return text

@@ -11,7 +11,7 @@ import numpy as np
 from expertmesh.config import Config, MultiTurnConfig
 from expertmesh.router.classifier import DomainClassifier
 from expertmesh.router.decision import Conversation, RoutingDecision
-from expertmesh.router.text import user_turns
+from expertmesh.router.text import conversation_context, user_turns
 
 DEFAULT_THRESHOLD = 0.35  # for an artifact that chose none and a config that sets none
 
@@ -48,22 +48,21 @@ class RoutingPolicy:
         A follow-up such as "and what about for children?" keeps the conversation's domain;
         only a last turn that is confidently about another domain switches it.
         """
-        texts = self.texts_to_score(messages)
+        texts, contexts = self.inputs_to_score(messages)
         start = time.perf_counter()
-        rows = self.classifier.predict_proba(texts)
+        rows = self.classifier.predict_proba(texts, contexts)
         return self.decide(rows, (time.perf_counter() - start) * 1000)
 
-    def texts_to_score(self, messages: Iterable[Mapping[str, Any]]) -> list[str]:
-        """[last user turn] or, in a conversation, [last user turn, earlier user turns]."""
-        turns = user_turns(messages)
-        history = turns[-1 - self.multi_turn.history_turns : -1] if self.multi_turn.history_turns else []
-        return [turns[-1] if turns else "", *(["\n".join(history)] if history else [])]
+    @property
+    def reads_context(self) -> bool:
+        return reads_context(self.classifier)
+
+    def inputs_to_score(self, messages: Iterable[Mapping[str, Any]]) -> tuple[list[str], list[str]]:
+        return inputs_to_score(self.classifier, self.multi_turn, messages)
 
     def decide(self, rows: np.ndarray, latency_ms: float) -> RoutingDecision:
-        """The decision from the classifier's rows for texts_to_score(messages)."""
-        if len(rows) == 1:
-            return self._decide(rows[0], latency_ms)
-        probabilities, conversation = combine_turns(rows[0], rows[1], self.multi_turn, self.classifier.labels)
+        """The decision from the classifier's rows for inputs_to_score(messages)."""
+        probabilities, conversation = conversation_probabilities(self.classifier, self.multi_turn, rows)
         return self._decide(probabilities, latency_ms, conversation)
 
     def _decide(
@@ -98,3 +97,42 @@ def combine_turns(
     if top != old and labels[top] in multi_turn.never_switch_to:
         return context, "kept"
     return mixed, "kept" if top == old else "switched"
+
+
+def reads_context(classifier: DomainClassifier) -> bool:
+    return getattr(classifier, "reads_context", False)
+
+
+def inputs_to_score(
+    classifier: DomainClassifier, multi_turn: MultiTurnConfig, messages: Iterable[Mapping[str, Any]]
+) -> tuple[list[str], list[str]]:
+    """(texts, contexts) for the classifier: the last user turn first.
+
+    A classifier that reads context (router kind finetune) gets the last turn with the earlier
+    user turns as its context and, in a conversation, the turn before it with its own context
+    too (to tell whether the conversation switched domain). Any other gets the last turn and
+    the earlier user turns as separate texts, which combine_turns() weighs.
+    """
+    turns = user_turns(messages) or [""]
+    depth = multi_turn.history_turns
+    if reads_context(classifier):
+        texts, contexts = [turns[-1]], [conversation_context(turns[:-1], depth)]
+        if len(turns) > 1 and depth:
+            texts.append(turns[-2])
+            contexts.append(conversation_context(turns[:-2], depth))
+        return texts, contexts
+    history = turns[-1 - depth : -1] if depth else []
+    return [turns[-1], *(["\n".join(history)] if history else [])], [""] * (1 + bool(history))
+
+
+def conversation_probabilities(
+    classifier: DomainClassifier, multi_turn: MultiTurnConfig, rows: np.ndarray
+) -> tuple[np.ndarray, Conversation | None]:
+    """The last turn's domain probabilities from the rows for inputs_to_score(), and in a
+    conversation whether it kept or switched domain."""
+    if len(rows) == 1:
+        return rows[0], None
+    if reads_context(classifier):  # the model weighed the conversation itself
+        switched = int(np.argmax(rows[0])) != int(np.argmax(rows[1]))
+        return rows[0], "switched" if switched else "kept"
+    return combine_turns(rows[0], rows[1], multi_turn, classifier.labels)

@@ -18,7 +18,7 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -36,9 +36,9 @@ from expertmesh.router.data import (
     HELD_OUT_SOURCES,
     Example,
     balanced_sample,
-    data_files,
     fingerprint,
-    read_examples,
+    load_routing_data,
+    training_files,
     vendored_data_dir,
 )
 from expertmesh.router.embed_linear import EmbeddingLinearClassifier
@@ -75,7 +75,7 @@ class Corpus:
     def __post_init__(self) -> None:
         self.y = np.array([self.labels.index(e.domain) for e in self.examples])
         self.original = np.array([not e.transform for e in self.examples])
-        self.source = np.array([f"{e.domain}/{e.source}" for e in self.examples])
+        self.source = np.array([e.origin or f"{e.domain}/{e.source}" for e in self.examples])
 
 
 @dataclass
@@ -89,13 +89,13 @@ class TrainResult:
 
 
 def build_examples(data_dir: Path, domains: list[str], settings: TrainSettings) -> list[Example]:
-    originals = balanced_sample(read_examples(data_dir, domains), settings.per_domain, settings.seed)
+    originals = balanced_sample(load_routing_data(data_dir, domains), settings.per_domain, settings.seed)
     rng = random.Random(settings.seed)
     variants = []
     for example in originals:
         for _ in range(settings.variants_per_example):
             if made := variant(example.text, rng):
-                variants.append(Example(made[1], example.domain, example.source, made[0], example.text))
+                variants.append(replace(example, text=made[1], transform=made[0], parent=example.text))
     return originals + variants
 
 
@@ -115,7 +115,8 @@ def logits_of(coef: np.ndarray, intercept: np.ndarray, x: np.ndarray) -> np.ndar
 
 
 def held_out_mask(corpus: Corpus) -> np.ndarray:
-    return np.array([HELD_OUT_SOURCES.get(e.domain) == e.source for e in corpus.examples])
+    held_out = {f"{domain}/{source}" for domain, source in HELD_OUT_SOURCES.items()}
+    return np.array([(e.origin or f"{e.domain}/{e.source}") in held_out for e in corpus.examples])
 
 
 def calibrate_on_dev(corpus: Corpus, settings: TrainSettings) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray, dict]:
@@ -129,13 +130,15 @@ def calibrate_on_dev(corpus: Corpus, settings: TrainSettings) -> tuple[tuple[np.
 
 def held_out_report(logits: np.ndarray, corpus: Corpus, dev: np.ndarray, target_misroute: float) -> dict:
     """Metrics and calibration (temperature, ECE, reliability, threshold) on the held-out sources."""
-    gold = corpus.y[dev]
+    return held_out_report_for(logits, [corpus.examples[i] for i in dev], corpus.labels, target_misroute)
+
+
+def held_out_report_for(logits: np.ndarray, examples: list[Example], labels: list[str], target_misroute: float) -> dict:
+    gold = np.array([labels.index(e.domain) for e in examples])
     temperature = fit_temperature(logits, gold)
     raw, calibrated = softmax(logits), softmax(logits / temperature)
-    metrics = classification_metrics(
-        [corpus.labels[i] for i in gold], [corpus.labels[i] for i in calibrated.argmax(1)], corpus.labels
-    )
-    metrics["sources"] = {d: s for d, s in HELD_OUT_SOURCES.items() if d in corpus.labels}
+    metrics = classification_metrics([labels[i] for i in gold], [labels[i] for i in calibrated.argmax(1)], labels)
+    metrics["sources"] = {d: s for d, s in HELD_OUT_SOURCES.items() if d in labels}
     calibration = {
         "temperature": round(temperature, 4),
         "ece_before": round(expected_calibration_error(raw, gold), 4),
@@ -174,7 +177,7 @@ def train_embed_linear(
     manifest = {
         "labels": labels,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "data_fingerprint": fingerprint(data_files(data_dir), **asdict(settings)),
+        "data_fingerprint": fingerprint(training_files(data_dir), **asdict(settings)),
         "settings": asdict(settings),
         "train_examples": len(examples),
         "originals": int(corpus.original.sum()),
@@ -204,4 +207,4 @@ def write_artifact(out: Path, classifier: EmbeddingLinearClassifier, manifest: d
 
 
 def current_fingerprint(settings: TrainSettings, data_dir: Path | None = None) -> str:
-    return fingerprint(data_files(data_dir or vendored_data_dir()), **asdict(settings))
+    return fingerprint(training_files(data_dir or vendored_data_dir()), **asdict(settings))

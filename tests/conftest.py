@@ -85,7 +85,7 @@ class KeywordClassifier:
     threshold = None
     KEYWORDS = {"medical": "symptom", "legal": "contract", "finance": "tax", "code": "python", "math": "integral"}
 
-    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+    def predict_proba(self, texts: Sequence[str], contexts: Sequence[str] | None = None) -> np.ndarray:
         rows = []
         for text in texts:
             hits = [d for d, word in self.KEYWORDS.items() if word in text.lower()]
@@ -137,7 +137,7 @@ def trained_router(tmp_path_factory) -> Path:
     from expertmesh.cli import app
 
     folder = tmp_path_factory.mktemp("router") / "embed-linear"
-    result = CliRunner().invoke(app, ["router", "train", "--out", str(folder), "--per-domain", "120"])
+    result = CliRunner().invoke(app, ["router", "train", "--kind", "embed-linear", "--out", str(folder), "--per-domain", "120"])
     assert result.exit_code == 0, result.output
     assert "Held-out sources" in result.output and "Random split" in result.output
     return folder

@@ -20,7 +20,7 @@ class SlowEcho:
         self.calls: list[list[str]] = []
         self.fail_on = fail_on
 
-    def predict_proba(self, texts):
+    def predict_proba(self, texts, contexts=None):
         self.calls.append(list(texts))
         time.sleep(0.02)
         if self.fail_on in texts:

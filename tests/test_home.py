@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from expertmesh import paths
 from expertmesh.config import load_config
 
 
@@ -18,8 +19,9 @@ def test_every_default_path_follows_expertmesh_home(tmp_path, monkeypatch):
     monkeypatch.delenv("VLLM_CACHE_ROOT", raising=False)
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
     config = load_config()
-    for path in (config.router.artifact, config.embedded.cache_dir, config.vllm.log_dir):
+    for path in (paths.router_artifacts(), config.embedded.cache_dir, config.vllm.log_dir):
         assert path.is_relative_to(tmp_path), path
+    assert config.router.artifact == paths.packaged_router()  # read-only, shipped in the package
     server = VllmServer("127.0.0.1", 8101, "packaged:smollm2-135m-instruct", ("m",), (), (), ("e",))
     env = server_env(config.vllm, server)
     assert env["VLLM_CACHE_ROOT"] == str(tmp_path / "vllm")
@@ -28,7 +30,7 @@ def test_every_default_path_follows_expertmesh_home(tmp_path, monkeypatch):
 
 def test_unset_home_is_the_user_cache(monkeypatch):
     monkeypatch.delenv("EXPERTMESH_HOME", raising=False)
-    assert str(load_config().router.artifact) == os.path.expanduser("~/.cache/expertmesh/routers/embed-linear")
+    assert str(paths.router_artifacts()) == os.path.expanduser("~/.cache/expertmesh/routers")
 
 
 @pytest.mark.slow

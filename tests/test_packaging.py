@@ -76,6 +76,11 @@ def test_the_wheel_has_one_top_level_package_with_its_data(wheel):
         assert f"expertmesh/{package}/__init__.py" in names
     assert "expertmesh/default.yaml" in names
     assert any(n.startswith("expertmesh/router/data/routing/medical/") for n in names)
+    for shipped in ("artifacts/finetune/model.onnx", "artifacts/finetune/manifest.json", "artifacts/finetune/tokenizer.json",
+                    "data/DOMAINS.md", "data/relabel.jsonl.gz", "data/conversations/written.jsonl.gz",
+                    "data/dev/prompts.jsonl.gz", "data/dev/conversations.jsonl.gz"):  # fmt: skip
+        assert f"expertmesh/router/{shipped}" in names
+    assert any(n.startswith("expertmesh/router/data/routing/written/") for n in names)
     assert any(n.startswith("expertmesh/eval/tasks/") and n.endswith(".yaml") for n in names)
     assert any(n.startswith("expertmesh/eval/data/bench/") for n in names)
     assert not any(n.startswith("tests/") or n.startswith("benchmarks/") for n in names)

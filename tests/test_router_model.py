@@ -36,7 +36,7 @@ def test_report_has_every_section_and_its_plots(trained_router):
         assert 0.5 < report[split]["macro_f1"] <= 1.0, report[split]
     assert report["held_out_sources"]["sources"]["medical"] == "meqsum_consumer_questions"
     loso = report["leave_one_source_out"]
-    assert 20 <= len(loso["per_source"]) <= 27 and 0.3 < loso["mean_accuracy"] <= 1.0
+    assert 27 <= len(loso["per_source"]) <= 120 and 0.3 < loso["mean_accuracy"] <= 1.0
     calibration = report["calibration"]
     assert calibration["ece_after"] <= calibration["ece_before"] + 1e-9
     assert calibration["threshold"]["misroute_rate"] <= calibration["threshold"]["target"]

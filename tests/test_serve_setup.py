@@ -19,7 +19,7 @@ from tests.conftest import REPO
 def test_missing_artifact_is_trained_once_then_reused(tmp_path, monkeypatch, caplog):
     monkeypatch.setitem(routers.SETTINGS, "embed-linear", lambda **kw: TrainSettings(**{"per_domain": 30, **kw}))
     config = load_config()
-    config = config.model_copy(update={"router": config.router.model_copy(update={"artifact": tmp_path / "r"})})
+    config = config.model_copy(update={"router": config.router.model_copy(update={"artifact": tmp_path / "r", "kind": "embed-linear"})})
     output = io.StringIO()
     policy = routers.load_or_train_policy(config, Console(file=output, width=400))
     assert "training the default router" in output.getvalue()
