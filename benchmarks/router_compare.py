@@ -27,6 +27,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import tempfile
 import time
 from dataclasses import asdict
@@ -55,7 +56,7 @@ def old_data_dir(tmp: Path) -> Path:
     (no written or newly added sources; outside the vendored folder, so no relabels apply)."""
     for folder in vendored_data_dir().iterdir():
         if folder.name not in ("written", "public"):
-            (tmp / folder.name).symlink_to(folder)
+            shutil.copytree(folder, tmp / folder.name)
     return tmp
 
 
