@@ -80,9 +80,9 @@ class SetFitClassifier:
 
 
 def train_setfit(domains: list[str], seed: int, pairs: int = 8000) -> SetFitClassifier:
+    import torch
     from sentence_transformers import InputExample, SentenceTransformer, losses
     from sklearn.linear_model import LogisticRegression
-    from torch.utils.data import DataLoader
 
     from expertmesh.router.encoder import minilm_path
 
@@ -100,8 +100,19 @@ def train_setfit(domains: list[str], seed: int, pairs: int = 8000) -> SetFitClas
         examples.append(InputExample(texts=[first.text, other.text], label=float(other.domain == first.domain)))
     model = SentenceTransformer(minilm_path(), device="cpu")
     model.max_seq_length = 128
-    loader = DataLoader(examples, shuffle=True, batch_size=32)
-    model.fit(train_objectives=[(loader, losses.CosineSimilarityLoss(model))], epochs=1, show_progress_bar=False)
+    # The SetFit objective: cosine similarity of a pair's embeddings regressed to 1 (same
+    # domain) or 0. A plain loop: sentence-transformers' fit() needs the `datasets` package.
+    loss = losses.CosineSimilarityLoss(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-5)
+    model.train()
+    for start in range(0, len(examples), 32):
+        batch = examples[start : start + 32]
+        features = [model.tokenize([e.texts[side] for e in batch]) for side in (0, 1)]
+        value = loss(features, torch.tensor([e.label for e in batch], dtype=torch.float32))
+        value.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
     sample = rng.sample(singles, min(8000, len(singles)))
     x = model.encode([e.text for e in sample], batch_size=64, normalize_embeddings=True)
     head = LogisticRegression(C=1.0, max_iter=2000, class_weight="balanced").fit(x, [domains.index(e.domain) for e in sample])
@@ -138,6 +149,7 @@ def main() -> None:
     parser.add_argument("--folds", action="store_true", help="leave-sources-out for the fine-tuned router (~30 min)")
     parser.add_argument("--setfit", action="store_true", help="also train and score the SetFit-style model (~10 min)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--resume", action="store_true", help="keep the models already in OUT/report.json")
     args = parser.parse_args()
 
     config = load_config()
@@ -147,6 +159,8 @@ def main() -> None:
     held_out = build_split(vendored_data_dir(), domains, settings).dev
     dev = read_labelled(vendored_path(*DEV_DIR), domains)
     results: dict[str, dict] = {}
+    if args.resume and (args.out / "report.json").is_file():
+        results = json.loads((args.out / "report.json").read_text())["models"]
 
     def save() -> None:  # after every model: a long run that fails late keeps what it measured
         report = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count()}, "settings": asdict(settings),
@@ -156,29 +170,32 @@ def main() -> None:
         (args.out / "report.md").write_text(render(report))
         plot(report, args.out / "comparison.png")
 
-    with tempfile.TemporaryDirectory() as tmp:
-        old = train_embed_linear(paths.router_artifacts() / "compare-old-default", domains, TrainSettings(seed=args.seed),
-                                 data_dir=old_data_dir(Path(tmp)))  # fmt: skip
+    if "old default (embed-linear, old data)" not in results:
+        with tempfile.TemporaryDirectory() as tmp:
+            old = train_embed_linear(paths.router_artifacts() / "compare-old-default", domains,
+                                     TrainSettings(seed=args.seed), data_dir=old_data_dir(Path(tmp)))  # fmt: skip
         results["old default (embed-linear, old data)"] = {
             **score("old default", old.held_out_classifier, old.classifier, held_out, dev, multi_turn),
             "leave_one_source_out": router_eval.leave_one_source_out(old.corpus, TrainSettings(seed=args.seed)),
         }
-    save()
-    new = train_embed_linear(paths.router_artifacts() / "compare-embed-linear", domains, TrainSettings(seed=args.seed))
-    results["embed-linear, new data"] = {
-        **score("embed-linear", new.held_out_classifier, new.classifier, held_out, dev, multi_turn),
-        "leave_one_source_out": router_eval.leave_one_source_out(new.corpus, TrainSettings(seed=args.seed)),
-    }
-    save()
-    results["finetune (shipped)"] = score("finetune", shipped, shipped, held_out, dev, multi_turn)
-    save()
-    if args.setfit:
+        save()
+    if "embed-linear, new data" not in results:
+        new = train_embed_linear(paths.router_artifacts() / "compare-embed-linear", domains, TrainSettings(seed=args.seed))
+        results["embed-linear, new data"] = {
+            **score("embed-linear", new.held_out_classifier, new.classifier, held_out, dev, multi_turn),
+            "leave_one_source_out": router_eval.leave_one_source_out(new.corpus, TrainSettings(seed=args.seed)),
+        }
+        save()
+    if "finetune (shipped)" not in results:
+        results["finetune (shipped)"] = score("finetune", shipped, shipped, held_out, dev, multi_turn)
+        save()
+    if args.setfit and "setfit, new data" not in results:
         started = time.perf_counter()
         setfit = train_setfit(domains, args.seed)
         results["setfit, new data"] = {**score("setfit", setfit, setfit, held_out, dev, multi_turn),
                                        "train_seconds": round(time.perf_counter() - started)}  # fmt: skip
         save()
-    if args.folds:
+    if args.folds and "leave_one_source_out" not in results["finetune (shipped)"]:
         from expertmesh.eval.router_folds import leave_sources_out
 
         results["finetune (shipped)"]["leave_one_source_out"] = leave_sources_out(

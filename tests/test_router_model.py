@@ -123,7 +123,7 @@ def test_a_decision_does_not_depend_on_its_batch_mates(trained_router):
 @pytest.fixture(scope="module")
 def static_router(tmp_path_factory):
     folder = tmp_path_factory.mktemp("static") / "router"
-    result = CliRunner().invoke(app, ["router", "train", "--encoder", "minilm-static", "--per-domain", "120", "--out", str(folder)])
+    result = CliRunner().invoke(app, ["router", "train", "--kind", "embed-linear", "--encoder", "minilm-static", "--per-domain", "120", "--out", str(folder)])
     assert result.exit_code == 0, result.output
     return folder
 
@@ -142,7 +142,7 @@ def test_static_encoder_router_is_saved_loaded_and_batch_independent(static_rout
 
 
 def test_unknown_encoder_is_refused(tmp_path):
-    result = CliRunner().invoke(app, ["router", "train", "--encoder", "word2vec", "--out", str(tmp_path)])
+    result = CliRunner().invoke(app, ["router", "train", "--kind", "embed-linear", "--encoder", "word2vec", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "unknown encoder 'word2vec'" in result.output
 
 
