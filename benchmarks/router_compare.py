@@ -42,7 +42,14 @@ from expertmesh.eval.routing import evaluate_classifier, predict_domains
 from expertmesh.router.calibration import expected_calibration_error
 from expertmesh.router.classifier import load_classifier
 from expertmesh.router.corpus import build_split
-from expertmesh.router.data import DEV_DIR, ConversationExample, Example, read_labelled, vendored_data_dir, vendored_path
+from expertmesh.router.data import (
+    DEV_DIR,
+    ConversationExample,
+    Example,
+    read_labelled,
+    vendored_data_dir,
+    vendored_path,
+)
 from expertmesh.router.finetune import FinetuneSettings
 from expertmesh.router.metrics import classification_metrics
 from expertmesh.router.training import TrainSettings, train_embed_linear
@@ -115,11 +122,15 @@ def train_setfit(domains: list[str], seed: int, pairs: int = 8000) -> SetFitClas
     model.eval()
     sample = rng.sample(singles, min(8000, len(singles)))
     x = model.encode([e.text for e in sample], batch_size=64, normalize_embeddings=True)
-    head = LogisticRegression(C=1.0, max_iter=2000, class_weight="balanced").fit(x, [domains.index(e.domain) for e in sample])
+    head = LogisticRegression(C=1.0, max_iter=2000, class_weight="balanced").fit(
+        x, [domains.index(e.domain) for e in sample]
+    )
     return SetFitClassifier(model, domains, head)
 
 
-def score(name: str, held_out_model, final_model, held_out: list[Example], dev: list, multi_turn: MultiTurnConfig) -> dict:
+def score(
+    name: str, held_out_model, final_model, held_out: list[Example], dev: list, multi_turn: MultiTurnConfig
+) -> dict:
     started = time.perf_counter()
     labels = final_model.labels
     gold = np.array([labels.index(e.domain) for e in held_out])
@@ -132,7 +143,9 @@ def score(name: str, held_out_model, final_model, held_out: list[Example], dev: 
         "held_out_sources": held,
         "ece": round(expected_calibration_error(probabilities, gold), 4),
         "dev_prompts": classification_metrics([e.domain for e in prompts], predicted, labels),
-        "dev_prompts_by_register": router_eval._accuracy_by(prompts, predicted, lambda e: e.source.removeprefix("dev_")),
+        "dev_prompts_by_register": router_eval._accuracy_by(
+            prompts, predicted, lambda e: e.source.removeprefix("dev_")
+        ),
         "dev_conversations": evaluate_classifier(final_model, conversations, multi_turn=multi_turn)["conversations"],
         "slices": router_eval.robustness_slices(held_out_model, held_out, 0),
         "multi_turn": router_eval.multi_turn(held_out_model, held_out, multi_turn, 0),
@@ -180,7 +193,9 @@ def main() -> None:
         }
         save()
     if "embed-linear, new data" not in results:
-        new = train_embed_linear(paths.router_artifacts() / "compare-embed-linear", domains, TrainSettings(seed=args.seed))
+        new = train_embed_linear(
+            paths.router_artifacts() / "compare-embed-linear", domains, TrainSettings(seed=args.seed)
+        )
         results["embed-linear, new data"] = {
             **score("embed-linear", new.held_out_classifier, new.classifier, held_out, dev, multi_turn),
             "leave_one_source_out": router_eval.leave_one_source_out(new.corpus, TrainSettings(seed=args.seed)),
@@ -231,9 +246,9 @@ HEADLINE = [
 def render(report: dict) -> str:
     models = report["models"]
     lines = ["# Router models side by side", "",
-             f"Same evaluation data for every model: {report['held_out_rows']} held-out-source texts (at most 400 a source; "
-             "scored by models that never saw those sources), the written dev set (router/data/dev), "
-             "robustness slices and synthetic conversations made from the held-out texts.", "",
+             (f"Same evaluation data for every model: {report['held_out_rows']} held-out-source texts (at most 400 a "
+              "source; scored by models that never saw those sources), the written dev set (router/data/dev), "
+              "robustness slices and synthetic conversations made from the held-out texts."), "",
              f"Machine: {report['machine']}. Command: `python benchmarks/router_compare.py --folds --setfit`.", "",
              "| metric | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]  # fmt: skip
     for name, get in HEADLINE:

@@ -22,7 +22,7 @@ Trainer = Callable[..., TrainResult | FinetuneResult]
 
 # router.finetune imports transformers' training stack only inside train_finetune.
 TRAINERS: dict[str, Trainer] = {"embed-linear": train_embed_linear, "finetune": train_finetune}
-SETTINGS: dict[str, type[TrainSettings] | type[FinetuneSettings]] = {"embed-linear": TrainSettings, "finetune": FinetuneSettings}
+SETTINGS: dict[str, type[TrainSettings | FinetuneSettings]] = {"embed-linear": TrainSettings, "finetune": FinetuneSettings}
 
 
 def train_with_progress(

@@ -11,12 +11,12 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from expertmesh.config import MultiTurnConfig
+from expertmesh.eval.routing import evaluate_classifier, predict_domains
 from expertmesh.router.augment import add_typos, conversational, drop_punctuation, lowercase, short_query
 from expertmesh.router.classifier import DomainClassifier
-from expertmesh.router.metrics import classification_metrics
 from expertmesh.router.data import DEV_DIR, ConversationExample, Example, read_labelled, vendored_path
+from expertmesh.router.metrics import classification_metrics
 from expertmesh.router.training import Corpus, TrainSettings, fit_linear, logits_of
-from expertmesh.eval.routing import evaluate_classifier, predict_domains
 
 SLICE_SAMPLE = 600
 MULTI_TURN_SAMPLE = 400

@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -316,7 +316,7 @@ def finish_artifact(tmp: Path, out: Path, labels: list[str], settings: FinetuneS
         "kind": FinetunedClassifier.kind,
         "encoder": ENCODER_NAME,
         "labels": labels,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "data_fingerprint": fingerprint(training_files(data_dir), **asdict(settings)),
         "settings": asdict(settings),
         "train_examples": facts["train_rows"],

@@ -19,7 +19,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -176,7 +176,7 @@ def train_embed_linear(
     classifier = EmbeddingLinearClassifier(encoder, labels, coef, intercept, temperature)
     manifest = {
         "labels": labels,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "data_fingerprint": fingerprint(training_files(data_dir), **asdict(settings)),
         "settings": asdict(settings),
         "train_examples": len(examples),

@@ -161,7 +161,7 @@ def main(raw: Path) -> None:
         rows = [{"text": r["text"], "domain": r["domain"], "source": f"written_{slice_name}", "register": r["register"]}
                 for r in sets["train prompts"] if r["slice"] == slice_name]  # fmt: skip
         write_gz(OUT / "routing" / "written" / f"{slice_name}.jsonl.gz", rows)
-    conversation = lambda r, prefix: {"messages": r["messages"], "domain": r["domain"], "turn_domains": r["turn_domains"],  # noqa: E731
+    conversation = lambda r, prefix: {"messages": r["messages"], "domain": r["domain"], "turn_domains": r["turn_domains"],
                                       "kind": r["kind"], "source": f"{prefix}_{r['slice']}"}  # fmt: skip
     write_gz(OUT / "conversations" / "written.jsonl.gz", [conversation(r, "written") for r in sets["train conversations"]])
     write_gz(OUT / "dev" / "prompts.jsonl.gz", [{"text": r["text"], "domain": r["domain"], "source": f"dev_{r['register']}"}

@@ -117,9 +117,12 @@ def test_every_relabel_names_a_vendored_row_and_is_applied():
 
 def test_public_rows_carry_their_attribution():
     for data in (vendored_data_dir() / "public").glob("*.jsonl.gz"):
-        rows = gzip.open(data, "rt").read().splitlines()
         source = data.name.removesuffix(".jsonl.gz")
-        provenance = gzip.open(vendored_path("public-provenance", f"{source}.tsv.gz"), "rt").read().splitlines()
+        with (
+            gzip.open(data, "rt") as rows_file,
+            gzip.open(vendored_path("public-provenance", f"{source}.tsv.gz"), "rt") as tsv,
+        ):
+            rows, provenance = rows_file.read().splitlines(), tsv.read().splitlines()
         assert len(provenance) == len(rows) + 1  # a header, then one line a row
         assert all(json.loads(row)["source"] == source for row in rows)
 
@@ -147,7 +150,11 @@ def test_each_turn_of_a_conversation_is_a_row_with_the_earlier_turns_as_context(
         ({"role": "user", "content": "a"}, {"role": "assistant", "content": "x"}, {"role": "user", "content": "b"},
          {"role": "user", "content": "c"}), "math", turn_domains=("legal", "legal", "math"))  # fmt: skip
     rows = conversation_rows(conversation, history_turns=3)
-    assert [(r.text, r.context, r.domain) for r in rows] == [("a", "", "legal"), ("b", "a", "legal"), ("c", "b\na", "math")]
+    assert [(r.text, r.context, r.domain) for r in rows] == [
+        ("a", "", "legal"),
+        ("b", "a", "legal"),
+        ("c", "b\na", "math"),
+    ]
     assert conversation_context(["1", "2", "3", "4"], 2) == "4\n3"  # the most recent first, at most 2
 
 

@@ -15,6 +15,7 @@ from expertmesh.config import load_config
 from expertmesh.router.training import TrainSettings
 from tests.conftest import REPO
 
+
 @pytest.mark.slow
 def test_missing_artifact_is_trained_once_then_reused(tmp_path, monkeypatch, caplog):
     monkeypatch.setitem(routers.SETTINGS, "embed-linear", lambda **kw: TrainSettings(**{"per_domain": 30, **kw}))
