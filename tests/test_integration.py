@@ -56,10 +56,9 @@ def alive(pid: int) -> bool:
 
 
 @pytest.fixture(scope="module")
-def served_gateway(trained_router, tmp_path_factory):
-    """`expertmesh serve` on the default config, with the test-trained router artifact."""
+def served_gateway(tmp_path_factory):
+    """`expertmesh serve` on the default config: the shipped router and the embedded model."""
     config = yaml.safe_load(default_config_path().read_text())
-    config["router"]["artifact"] = str(trained_router)
     port = free_port()
     config["gateway"]["port"] = port
     path = tmp_path_factory.mktemp("serve") / "expertmesh.yaml"
