@@ -40,7 +40,7 @@ def list_experts(config: ConfigOption = None) -> None:
         table.add_row(
             expert.name,
             ", ".join(expert.domains),
-            str(expert.backend),
+            ", ".join(expert.backend_urls) or "embedded",
             expert.model,
             f"{expert.timeout_s:g}",
         )

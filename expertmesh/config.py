@@ -11,7 +11,7 @@ import os
 import re
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -77,8 +77,12 @@ class ExpertConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
     domains: list[str] = Field(default_factory=list)
     # "embedded" runs the packaged SmolLM2 in a local server process; anything else
-    # is the base URL of an OpenAI-compatible server such as vLLM (ending in /v1).
-    backend: Literal["embedded"] | HttpUrl
+    # is the base URL of an OpenAI-compatible server such as vLLM (ending in /v1), or a list of
+    # them: replicas of one model, each request going to the healthy one with the fewest in flight.
+    backend: Literal["embedded"] | HttpUrl | Annotated[list[HttpUrl], Field(min_length=1)]
+    # Experts to ask, in order, when this one cannot answer (down, failing, overloaded, cooling
+    # down after failures): e.g. [general]. Not followed further: a fallback's own fallbacks are not used.
+    fallbacks: list[str] = Field(default_factory=list)
     model: str
     api_key: str | None = None
     system_prompt: str = ""
@@ -119,6 +123,8 @@ class ExpertConfig(_Strict):
             raise ValueError("responses_api: the embedded server does not serve the Responses API; use 'translate' or leave it unset")
         if self.serve is not None and self.is_embedded:
             raise ValueError("serve: an 'embedded' expert has no vLLM server; set backend to the URL it should listen at")
+        if self.serve is not None and isinstance(self.backend, list):
+            raise ValueError("serve: `experts serve` starts one server per expert; list replicas only for servers you start")
         if self.serve is not None and str(self.backend).rstrip("/").split("/", 3)[3:] != ["v1"]:
             raise ValueError(f"backend: a vLLM server's base URL is http://host:port/v1, got {self.backend}")
         return self
@@ -126,6 +132,13 @@ class ExpertConfig(_Strict):
     @property
     def is_embedded(self) -> bool:
         return self.backend == "embedded"
+
+    @property
+    def backend_urls(self) -> list[str]:
+        """The base URLs of this expert's servers (one unless it lists replicas; none if embedded)."""
+        if self.is_embedded:
+            return []
+        return [str(url) for url in (self.backend if isinstance(self.backend, list) else [self.backend])]
 
     @property
     def serves_responses_api(self) -> bool:
@@ -180,6 +193,36 @@ class FanoutConfig(_Strict):
     decompose: bool = False
 
 
+class RetryConfig(_Strict):
+    """Asking an expert again after a connect error, a 5xx, a 429 or a timeout before its first
+    byte: on another replica at once, on the same one after a jittered, doubling wait."""
+
+    attempts: int = Field(default=2, ge=1, le=10)  # per expert, the first try included
+    backoff_s: float = Field(default=0.05, ge=0)  # the first wait; doubled each time, up to max_backoff_s
+    max_backoff_s: float = Field(default=1.0, ge=0)
+
+
+class CircuitBreakerConfig(_Strict):
+    """A replica that fails `failures` times in a row is taken out for `cooldown_s`; then one
+    request tries it (half-open): it is back on success, out for another cool-down on failure."""
+
+    failures: int = Field(default=3, ge=1)
+    cooldown_s: float = Field(default=10.0, gt=0)
+
+
+class HealthCheckConfig(_Strict):
+    """The background check behind /readyz: every replica's GET /models, every `interval_s`."""
+
+    interval_s: float = Field(default=5.0, gt=0)
+    timeout_s: float = Field(default=2.0, gt=0)
+
+
+class ResilienceConfig(_Strict):
+    retries: RetryConfig = Field(default_factory=RetryConfig)
+    circuit_breaker: CircuitBreakerConfig = Field(default_factory=CircuitBreakerConfig)
+    health_check: HealthCheckConfig = Field(default_factory=HealthCheckConfig)
+
+
 class GatewayConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
@@ -193,6 +236,9 @@ class GatewayConfig(_Strict):
     # process uses one core: ~3,500 relayed or ~600 routed requests/s (BENCHMARKS.md); each
     # holds its own router (~260 MB resident).
     workers: int = Field(default=1, ge=1, le=64)
+    # The longest a request may take, retries, fallbacks and a whole stream included: 504 (or a
+    # stream's error event) after it.
+    request_timeout_s: float = Field(default=600.0, gt=0)
 
     @field_validator("api_keys")
     @classmethod
@@ -242,6 +288,7 @@ class Config(_Strict):
     embedded: EmbeddedConfig = Field(default_factory=EmbeddedConfig)
     vllm: VllmConfig = Field(default_factory=VllmConfig)
     fanout: FanoutConfig = Field(default_factory=FanoutConfig)
+    resilience: ResilienceConfig = Field(default_factory=ResilienceConfig)
 
     @model_validator(mode="after")
     def _check_cross_references(self) -> Config:
@@ -277,6 +324,11 @@ class Config(_Strict):
                 f"router.fallback_expert: unknown expert '{self.router.fallback_expert}'; "
                 f"expected one of {names}"
             )
+        for index, expert in enumerate(self.experts):
+            for fallback in expert.fallbacks:
+                if fallback not in names or fallback == expert.name:
+                    raise ValueError(f"experts[{index}].fallbacks: '{fallback}' is not another expert; expected some of "
+                                     f"{[n for n in names if n != expert.name]}")  # fmt: skip
         self._check_shared_servers()
         for alias, target in self.gateway.model_aliases.items():
             if target != AUTO_MODEL and target not in names:

@@ -13,7 +13,10 @@ and after it httpx's pool (httpcore on anyio) still took ~70% of it: the same re
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit
@@ -22,9 +25,24 @@ from urllib.request import getproxies_environment, proxy_bypass_environment
 import aiohttp
 import orjson
 
-from expertmesh.config import ExpertConfig
-from expertmesh.experts.errors import ExpertError, ExpertFailed, ExpertRejected, ExpertTimeout, ExpertUnavailable
+from expertmesh.config import ExpertConfig, ResilienceConfig
+from expertmesh.experts.errors import (
+    ExpertError,
+    ExpertFailed,
+    ExpertMisconfigured,
+    ExpertRateLimited,
+    ExpertRejected,
+    ExpertTimeout,
+    ExpertUnavailable,
+    RequestTimedOut,
+)
 from expertmesh.experts.prompts import ExpertPrompt
+from expertmesh.experts.replicas import Replica, ReplicaSet, StateListener
+
+log = logging.getLogger(__name__)
+
+# (expert, error kind): how the metrics hear of a retry.
+RetryListener = Callable[[str, str], None]
 
 CONNECT_TIMEOUT_S = 5.0
 # The OpenAI API paths under an expert's base URL (".../v1").
@@ -56,15 +74,31 @@ def _translate(expert: str, exc: Exception) -> ExpertError:
     if isinstance(exc, TimeoutError):  # aiohttp's timeouts are TimeoutErrors too
         return ExpertTimeout(expert, "did not answer in time")
     if isinstance(exc, aiohttp.ClientError):
-        return ExpertUnavailable(expert, f"cannot reach the expert's server ({type(exc).__name__}: {exc})")
-    return ExpertFailed(expert, f"unexpected error: {exc!r}")
+        # The exception's text names the server's address: for the logs, not for clients.
+        return ExpertUnavailable(expert, f"cannot reach the expert's server ({type(exc).__name__})", str(exc))
+    return ExpertFailed(expert, f"unexpected error ({type(exc).__name__})", repr(exc))
 
 
-def _status_error(expert: str, status: int, content: bytes) -> ExpertError:
+def _status_error(expert: str, status: int, content: bytes, headers: Mapping[str, str] | None = None) -> ExpertError:
     detail = _error_message(content) or f"HTTP {status}"
+    if status == 429:
+        return ExpertRateLimited(expert, f"the expert's server is overloaded (429): {detail}",
+                                 _retry_after(headers or {}))  # fmt: skip
+    if status in (401, 403):
+        return ExpertMisconfigured(expert, f"the expert's server refused the gateway's credentials ({status}): {detail}", status)
+    if status == 404:
+        return ExpertMisconfigured(expert, f"the expert's server does not know its model or path (404): {detail}", status)
     if 400 <= status < 500:
         return ExpertRejected(expert, detail, status)
     return ExpertFailed(expert, f"the expert's server answered {status}: {detail}")
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds from a Retry-After header in its seconds form (the HTTP-date form is ignored)."""
+    try:
+        return max(0.0, float(headers.get("retry-after", "")))
+    except ValueError:
+        return None
 
 
 def _error_message(content: bytes) -> str:
@@ -86,30 +120,47 @@ def _error_message(content: bytes) -> str:
     return content.decode(errors="replace").strip()[:300]
 
 
+def _remaining(deadline: float | None) -> float | None:
+    return None if deadline is None else deadline - time.monotonic()
+
+
 class ExpertClient:
-    """Talks to one expert's OpenAI-compatible server; one connection pool per expert.
+    """Talks to one expert's OpenAI-compatible server(s); one connection pool per expert.
+
+    With several replicas, each request goes to the usable one with the fewest in flight
+    (experts/replicas.py). A connect error, 5xx, 429 or timeout before the first byte is tried
+    again (`resilience.retries`): at once on another replica, after a jittered backoff on the
+    same one. Once a stream has yielded a line it is never retried: the client has it.
 
     The aiohttp session is made on first use, inside the event loop that uses it (a session
     belongs to one loop; the pool is built before uvicorn starts its loop).
     """
 
-    def __init__(self, config: ExpertConfig, base_url: str) -> None:
+    def __init__(self, config: ExpertConfig, base_urls: list[str], resilience: ResilienceConfig | None = None,
+                 on_state: StateListener | None = None, on_retry: RetryListener | None = None) -> None:  # fmt: skip
+        resilience = resilience or ResilienceConfig()
         self.config = config
         self.name = config.name
-        self.base_url = base_url
+        self.retries = resilience.retries
+        self.replicas = ReplicaSet([Replica(config.name, index, url, resilience.circuit_breaker, on_state)
+                                    for index, url in enumerate(base_urls)])  # fmt: skip
+        self.on_retry = on_retry
         self.prompt = ExpertPrompt(config)
         self._headers = dict(JSON_HEADERS)
         if config.api_key:
             self._headers["authorization"] = f"Bearer {config.api_key}"
-        self._base = base_url.rstrip("/")
-        self._models_url = self._base + "/models"
-        # No retries: a retry would double the latency of a slow expert; the caller decides.
-        # sock_read bounds the wait for each piece of a stream; complete() also bounds the total.
+        # sock_read bounds the wait for each piece of a stream; `total` (complete(), and the
+        # request's deadline) bounds the whole.
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_S, sock_read=config.timeout_s)
-        self._proxy = env_proxy(base_url)
+        self._proxies = {replica.index: env_proxy(replica.base_url) for replica in self.replicas.replicas}
         self._session: aiohttp.ClientSession | None = None
         self._session_loop: asyncio.AbstractEventLoop | None = None
         self._defaults = config.generation.model_dump(exclude_none=True)
+
+    @property
+    def base_url(self) -> str:
+        """The first replica's base URL."""
+        return self.replicas.replicas[0].base_url
 
     def _http(self) -> aiohttp.ClientSession:
         loop = asyncio.get_running_loop()
@@ -149,43 +200,169 @@ class ExpertClient:
         names = {"max_tokens": "max_output_tokens"}
         return {names.get(key, key): value for key, value in self._defaults.items()}
 
-    async def complete(self, body: dict[str, Any], path: str = CHAT_PATH) -> dict[str, Any]:
-        """A non-streaming call (a chat completion by default), as the JSON object the server returned."""
+    # --- choosing a replica, and trying again ----------------------------------------------------
+
+    def _choose(self, tried: set[int]) -> Replica:
+        replica = self.replicas.pick(tried)
+        if replica is None:
+            raise ExpertUnavailable(self.name, "every server of this expert is down or cooling down after failures")
+        return replica
+
+    async def _before_retry(self, attempt: int, replica: Replica, error: ExpertError, tried: set[int],
+                            deadline: float | None) -> bool:  # fmt: skip
+        """Whether to try again after `error`; waits first if the next try reuses a replica."""
+        if not error.retry or attempt + 1 >= self.retries.attempts:
+            return False
+        if len(tried) < len(self.replicas.replicas):
+            wait = 0.0  # another replica is waiting: no reason to wait
+        else:  # "full jitter" (AWS's backoff study): a random wait up to the doubled cap
+            wait = random.uniform(0, min(self.retries.max_backoff_s, self.retries.backoff_s * 2**attempt))
+        if isinstance(error, ExpertRateLimited) and error.retry_after_s and len(tried) >= len(self.replicas.replicas):
+            return False  # the server said when to come back; that is later than a retry's backoff
+        remaining = _remaining(deadline)
+        if remaining is not None and remaining <= wait:
+            return False
+        if self.on_retry is not None:
+            self.on_retry(self.name, error.kind)
+        if wait:
+            await asyncio.sleep(wait)
+        return True
+
+    def _attempt_timeout(self, deadline: float | None, total: float | None) -> aiohttp.ClientTimeout:
+        remaining = _remaining(deadline)
+        if remaining is not None and remaining <= 0:
+            raise RequestTimedOut(self.name, "the request used up the gateway's time limit")
+        limits = [t for t in (total, remaining) if t is not None]
+        if not limits:
+            return self._timeout
+        return aiohttp.ClientTimeout(total=min(limits), sock_connect=CONNECT_TIMEOUT_S, sock_read=self.config.timeout_s)
+
+    def _settle(self, replica: Replica, error: ExpertError | None) -> None:
+        if error is None:
+            replica.succeeded()
+        elif error.breaks_circuit:
+            replica.failed()
+        elif replica.trial_out:  # a half-open trial that ended in a 4xx: the server works
+            replica.succeeded()
+
+    def _timed_out(self, exc: ExpertError, deadline: float | None) -> ExpertError:
+        """A timeout at the request's deadline is the gateway's limit, not the expert's slowness."""
+        if isinstance(exc, ExpertTimeout) and deadline is not None and time.monotonic() >= deadline - 0.01:
+            return RequestTimedOut(self.name, "the request used up the gateway's time limit")
+        return exc
+
+    # --- the calls ----------------------------------------------------------------------------
+
+    async def complete(self, body: dict[str, Any], path: str = CHAT_PATH, deadline: float | None = None) -> dict[str, Any]:
+        """A non-streaming call (a chat completion by default), as the JSON object the server
+        returned. `deadline` (time.monotonic()) bounds every try together."""
+        data = orjson.dumps({**body, "stream": False})
+        tried: set[int] = set()
+        attempt = 0
+        while True:
+            replica = self._choose(tried)
+            tried.add(replica.index)
+            try:
+                return await self._complete_once(replica, data, path, deadline)
+            except ExpertError as exc:
+                error = self._timed_out(exc, deadline)
+                if isinstance(error, RequestTimedOut) or not await self._before_retry(attempt, replica, error, tried, deadline):
+                    raise error from exc
+            attempt += 1
+
+    async def _complete_once(self, replica: Replica, data: bytes, path: str, deadline: float | None) -> dict[str, Any]:
+        timeout = self._attempt_timeout(deadline, self.config.timeout_s)
+        replica.acquire(time.monotonic())
         try:
-            async with asyncio.timeout(self.config.timeout_s):
-                async with self._http().post(
-                    self._base + path, data=orjson.dumps({**body, "stream": False}), proxy=self._proxy
-                ) as response:
-                    status, content = response.status, await response.read()
+            answer = await self._post_json(replica, data, path, timeout)
+        except ExpertError as exc:
+            self._settle(replica, exc)
+            raise
+        else:
+            self._settle(replica, None)
+            return answer
+        finally:  # a cancelled call (the client went away) says nothing about the replica
+            replica.release()
+
+    async def _post_json(self, replica: Replica, data: bytes, path: str, timeout: aiohttp.ClientTimeout) -> dict[str, Any]:
+        try:
+            async with self._http().post(replica.base_url + path, data=data, proxy=self._proxies[replica.index],
+                                         timeout=timeout) as response:  # fmt: skip
+                status, content, headers = response.status, await response.read(), response.headers
         except Exception as exc:
             raise _translate(self.name, exc) from exc
         if status >= 400:
-            raise _status_error(self.name, status, content)
+            raise _status_error(self.name, status, content, headers)
         try:
             return orjson.loads(content)
-        except orjson.JSONDecodeError as exc:
-            raise ExpertFailed(self.name, "answered with a body that is not JSON") from exc
+        except orjson.JSONDecodeError:
+            raise ExpertFailed(self.name, "answered with a body that is not JSON") from None
 
     @asynccontextmanager
-    async def stream(self, body: dict[str, Any], path: str = CHAT_PATH) -> AsyncIterator[AsyncIterator[bytes]]:
-        """Open a streaming call; the connection and the status are checked on entry, so errors
-        before the first chunk can still become an HTTP error status. Yields the SSE lines."""
+    async def stream(self, body: dict[str, Any], path: str = CHAT_PATH,
+                     deadline: float | None = None) -> AsyncIterator[AsyncIterator[bytes]]:  # fmt: skip
+        """Open a streaming call and read its first line: every failure up to there can still be
+        retried (and then become an HTTP error status). Yields the SSE lines, that first one included."""
+        data = orjson.dumps({**body, "stream": True})
+        tried: set[int] = set()
+        attempt = 0
+        while True:
+            replica = self._choose(tried)
+            tried.add(replica.index)
+            replica.acquire(time.monotonic())
+            try:
+                response, lines, first = await self._open_stream(replica, data, path, deadline)
+                break
+            except BaseException as exc:
+                replica.release()
+                if not isinstance(exc, ExpertError):
+                    raise  # cancelled: the client went away
+                self._settle(replica, exc)
+                error = self._timed_out(exc, deadline)
+                if isinstance(error, RequestTimedOut) or not await self._before_retry(attempt, replica, error, tried, deadline):
+                    raise error from exc
+            attempt += 1
+        self._settle(replica, None)  # it answered: whatever happens next is not retried
         try:
-            response = await self._http().post(
-                self._base + path, data=orjson.dumps({**body, "stream": True}), proxy=self._proxy
-            )
+            yield self._after(first, lines, deadline)
+        except aiohttp.ClientError as exc:
+            raise _translate(self.name, exc) from exc
+        finally:
+            replica.release()
+            # Back to the pool if the stream was read to its end; closed otherwise (a client
+            # that went away mid-stream must not leave a half-read connection in the pool).
+            response.release()
+
+    async def _open_stream(self, replica: Replica, data: bytes, path: str,
+                           deadline: float | None) -> tuple[aiohttp.ClientResponse, AsyncIterator[bytes], bytes | None]:  # fmt: skip
+        try:
+            response = await self._http().post(replica.base_url + path, data=data, proxy=self._proxies[replica.index],
+                                               timeout=self._attempt_timeout(deadline, None))  # fmt: skip
+        except ExpertError:
+            raise
         except Exception as exc:
             raise _translate(self.name, exc) from exc
         try:
             if response.status >= 400:
-                raise _status_error(self.name, response.status, await response.read())
-            yield self._lines(response)
-        except aiohttp.ClientError as exc:
-            raise _translate(self.name, exc) from exc
-        finally:
-            # Back to the pool if the stream was read to its end; closed otherwise (a client
-            # that went away mid-stream must not leave a half-read connection in the pool).
+                raise _status_error(self.name, response.status, await response.read(), response.headers)
+            lines = self._lines(response)
+            first = await anext(lines, None)
+        except BaseException as exc:
             response.release()
+            if isinstance(exc, ExpertError | asyncio.CancelledError):
+                raise
+            raise _translate(self.name, exc) from exc  # type: ignore[arg-type]
+        return response, lines, first
+
+    async def _after(self, first: bytes | None, lines: AsyncIterator[bytes], deadline: float | None) -> AsyncIterator[bytes]:
+        if first is None:
+            return
+        yield first
+        try:
+            async for line in lines:
+                yield line
+        except ExpertError as exc:
+            raise self._timed_out(exc, deadline) from exc
 
     async def _lines(self, response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
         try:
@@ -198,20 +375,39 @@ class ExpertClient:
         except Exception as exc:
             raise _translate(self.name, exc) from exc
 
-    async def is_healthy(self, timeout_s: float = 3.0) -> tuple[bool, str]:
-        """Whether the server answers GET /models and serves this expert's model."""
+    # --- health ---------------------------------------------------------------------------------
+
+    async def check_replicas(self, timeout_s: float = 3.0) -> None:
+        """Ask every replica's GET /models; each keeps the reading (the background health check)."""
+        await asyncio.gather(*(self._check(replica, timeout_s) for replica in self.replicas.replicas))
+
+    async def _check(self, replica: Replica, timeout_s: float) -> None:
+        ok, detail = await self._probe(replica, timeout_s)
+        if not ok:
+            log.info("expert '%s' replica %d (%s) is not healthy: %s", self.name, replica.index, replica.base_url, detail)
+        replica.checked(ok, detail)
+
+    async def _probe(self, replica: Replica, timeout_s: float) -> tuple[bool, str]:
         try:
             async with asyncio.timeout(timeout_s):
-                async with self._http().get(self._models_url, proxy=self._proxy) as response:
+                async with self._http().get(replica.base_url + "/models", proxy=self._proxies[replica.index]) as response:
                     status, content = response.status, await response.read()
             if status >= 400:
                 raise _status_error(self.name, status, content)
             served = [model["id"] for model in orjson.loads(content)["data"]]
         except Exception as exc:  # noqa: BLE001 - any failure means "not healthy", with its reason
-            return False, str(_translate(self.name, exc))
+            error = _translate(self.name, exc)
+            return False, str(error).removeprefix(f"expert '{self.name}': ")
         if self.config.model not in served:
-            return False, f"server does not serve model '{self.config.model}' (serves {served})"
+            return False, f"the server does not serve model '{self.config.model}'"
         return True, "ok"
+
+    async def is_healthy(self, timeout_s: float = 3.0) -> tuple[bool, str]:
+        """Checks every replica now: whether one of them is usable, and what each said."""
+        await self.check_replicas(timeout_s)
+        details = [r.health.detail for r in self.replicas.replicas]
+        return self.replicas.any_up, details[0] if len(details) == 1 else "; ".join(
+            f"replica {i}: {d}" for i, d in enumerate(details))  # fmt: skip
 
     async def aclose(self) -> None:
         if self._session is not None and self._session_loop is asyncio.get_running_loop():

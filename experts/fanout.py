@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from expertmesh.experts.errors import ExpertError, ExpertUnavailable
+from expertmesh.experts.errors import ExpertError, ExpertUnavailable, RequestTimedOut
 from expertmesh.experts.pool import ExpertPool
 
 Status = Literal["answered", "dropped"]
@@ -83,10 +83,11 @@ async def _ask_one(pool: ExpertPool, assignment: Assignment, request: dict[str, 
     if client is None:
         return ExpertAnswer(**base, status="dropped", latency_ms=0.0, reason="no such expert")
     body = client.request_body({**request, "messages": assignment.messages, "stream": None, "stream_options": None})
-    try:
-        async with asyncio.timeout(min(timeout_s, client.config.timeout_s)):
-            answer = await client.complete(body)
-    except TimeoutError:
+    limit = min(timeout_s, client.config.timeout_s)
+    try:  # the deadline stops the client's retries too: a retry past it could not be waited for
+        async with asyncio.timeout(limit):
+            answer = await client.complete(body, deadline=time.monotonic() + limit)
+    except (TimeoutError, RequestTimedOut):
         return ExpertAnswer(**base, status="dropped", latency_ms=elapsed(), reason=f"no answer within {timeout_s:g} s")
     except ExpertError as exc:
         return ExpertAnswer(**base, status="dropped", latency_ms=elapsed(), reason=str(exc))

@@ -10,16 +10,24 @@ from typing import Annotated
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from expertmesh.config import Config
 from expertmesh.experts.pool import ExpertPool
+from expertmesh.gateway import openapi
 from expertmesh.gateway.errors import APIError, from_validation_error
+from expertmesh.gateway.health import HealthMonitor
 from expertmesh.gateway.limits import BodySizeLimit
 from expertmesh.gateway.metrics import GatewayMetrics
-from expertmesh.gateway.protocol import ChatCompletionRequest, CompletionRequest, ResponsesRequest, RouteRequest
+from expertmesh.gateway.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    ResponsesRequest,
+    RouteRequest,
+    out_of_range_integer,
+)
 from expertmesh.gateway.serving import ChatService, decision_headers
 from expertmesh.router.policy import RoutingPolicy
 
@@ -35,13 +43,17 @@ async def _service(request: Request) -> ChatService:
 Service = Annotated[ChatService, Depends(_service)]
 
 
-async def _authenticate(request: Request) -> None:
+def _has_valid_key(request: Request) -> bool:
     keys: list[bytes] = request.app.state.api_keys
     if not keys:
-        return
+        return True
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     # compare_digest against every key: the time taken does not reveal which key was close
-    if scheme.lower() != "bearer" or not any([hmac.compare_digest(token.encode(), key) for key in keys]):
+    return scheme.lower() == "bearer" and any([hmac.compare_digest(token.encode(), key) for key in keys])
+
+
+async def _authenticate(request: Request) -> None:
+    if not _has_valid_key(request):
         raise APIError(
             401,
             "invalid or missing API key: send 'Authorization: Bearer <key>'",
@@ -54,44 +66,59 @@ Authenticated = Depends(_authenticate)
 
 
 async def _parse(request: Request, model: type):
+    body = await request.body()
     try:
-        return model.model_validate_json(await request.body())
+        parsed = model.model_validate_json(body)
     except ValidationError as exc:
         raise from_validation_error(exc) from None
+    # JSON integers have no size limit, but the experts' servers (and the gateway's encoder)
+    # stop at 64 bits: such a number is the caller's mistake, said before any expert is asked.
+    where = out_of_range_integer(body, parsed)
+    if where is not None:
+        raise APIError(400, f"invalid request: {where}: integer outside the 64-bit range", param=where,
+                       code="integer_out_of_range")  # fmt: skip
+    return parsed
 
 
 def build_app(config: Config, policy: RoutingPolicy | None, experts: ExpertPool) -> FastAPI:
     """The gateway app; the caller owns the router and the expert pool it is given."""
 
+    health = HealthMonitor(config, experts)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        yield
-        await experts.aclose()
+        await health.start()
+        try:
+            yield
+        finally:
+            await health.stop()
+            await experts.aclose()
 
-    app = FastAPI(title="expertmesh gateway", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(title="expertmesh gateway", version="0.1.0", lifespan=lifespan, responses=openapi.ERROR_RESPONSES)
     metrics = GatewayMetrics()
+    experts.listen(metrics.replica_changed, metrics.retried)
     app.state.service = ChatService(policy, experts, config.router.fallback_expert, config.fanout,
-                                    config.gateway.model_aliases, metrics)  # fmt: skip
+                                    config.gateway.model_aliases, metrics, config.gateway.request_timeout_s)  # fmt: skip
     app.state.api_keys = [key.encode() for key in config.gateway.api_keys]
     app.add_middleware(BodySizeLimit, max_bytes=config.gateway.max_body_bytes)
     _add_error_handlers(app)
 
-    @app.post("/v1/chat/completions", dependencies=[Authenticated])
+    @app.post("/v1/chat/completions", dependencies=[Authenticated], **openapi.post_route(ChatCompletionRequest, "ChatCompletion"))
     async def chat_completions(request: Request, service: Service) -> Response:
         """Answer a chat request with the routed (model "auto") or the named expert."""
         return await service.chat(await _parse(request, ChatCompletionRequest), request.is_disconnected)
 
-    @app.post("/v1/completions", dependencies=[Authenticated])
+    @app.post("/v1/completions", dependencies=[Authenticated], **openapi.post_route(CompletionRequest, "Completion"))
     async def completions(request: Request, service: Service) -> Response:
         """A legacy completion of a raw prompt; model "auto" routes on the prompt."""
         return await service.completions(await _parse(request, CompletionRequest))
 
-    @app.post("/v1/responses", dependencies=[Authenticated])
+    @app.post("/v1/responses", dependencies=[Authenticated], **openapi.post_route(ResponsesRequest, "Response"))
     async def responses(request: Request, service: Service) -> Response:
         """The Responses API; model "auto" routes on the input."""
         return await service.responses(await _parse(request, ResponsesRequest))
 
-    @app.post("/v1/route", dependencies=[Authenticated])
+    @app.post("/v1/route", dependencies=[Authenticated], **openapi.post_route(RouteRequest, "RoutingDecision", stream=False))
     async def route(request: Request, service: Service) -> Response:
         """The routing decision alone, without asking an expert."""
         body: RouteRequest = await _parse(request, RouteRequest)
@@ -116,25 +143,28 @@ def build_app(config: Config, policy: RoutingPolicy | None, experts: ExpertPool)
             raise APIError(404, f"The model '{model_id}' does not exist", param="model", code="model_not_found")
         return model_card(model_id)
 
-    @app.get("/metrics", dependencies=[Authenticated])
+    @app.get("/metrics", dependencies=[Authenticated], response_class=PlainTextResponse, responses=openapi.METRICS_RESPONSE)
     async def prometheus_metrics() -> Response:
         """Prometheus metrics: requests, errors and latency per expert, routing latency and confidence."""
         return metrics.response()
 
-    @app.get("/healthz")
-    @app.get("/health")  # as vLLM and most gateways spell it
+    @app.api_route("/healthz", methods=["GET", "HEAD"])
+    @app.api_route("/health", methods=["GET", "HEAD"])  # as vLLM and most gateways spell it
     async def healthz() -> dict:
-        """The gateway process is up."""
+        """Liveness: the gateway process is up and its event loop answers."""
         return {"status": "ok"}
 
-    @app.get("/readyz")
-    async def readyz(service: Service) -> JSONResponse:
-        """Every expert's server answers and serves its model."""
-        experts_health = await service.experts.health()
-        ready = all(item["ok"] for item in experts_health.values())
-        body = {"status": "ready" if ready else "not ready", "router": service.policy is not None, "experts": experts_health}
-        return JSONResponse(body, status_code=200 if ready else 503)
+    @app.api_route("/readyz", methods=["GET", "HEAD"], responses=openapi.READY_RESPONSES)
+    async def readyz(request: Request, service: Service) -> JSONResponse:
+        """Ready while every routed domain has an expert, or a fallback, that can answer (from the
+        background health check; this probe asks no expert). Per-expert detail needs the API key."""
+        unserved = health.unserved_domains()
+        body: dict = {"status": "not ready" if unserved else "ready"}
+        if _has_valid_key(request):
+            body.update(router=service.policy is not None, unserved_domains=unserved, experts=service.experts.report())
+        return JSONResponse(body, status_code=503 if unserved else 200)
 
+    openapi.document_schemas(app, [ChatCompletionRequest, CompletionRequest, ResponsesRequest, RouteRequest])
     return app
 
 
@@ -150,7 +180,8 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-        return APIError(exc.status_code, str(exc.detail), kind).response()
+        # exc.headers carries a 405's Allow: the methods the path does take (RFC 9110 requires it)
+        return APIError(exc.status_code, str(exc.detail), kind, headers=exc.headers).response()
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

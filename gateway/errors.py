@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from expertmesh.experts.errors import ExpertError, ExpertFailed, ExpertRejected, ExpertTimeout, ExpertUnavailable
+from expertmesh.experts.errors import (
+    ExpertError,
+    ExpertFailed,
+    ExpertMisconfigured,
+    ExpertRateLimited,
+    ExpertRejected,
+    ExpertTimeout,
+    ExpertUnavailable,
+    RequestTimedOut,
+)
 
 
 class APIError(Exception):
@@ -38,12 +48,22 @@ _EXPERT_ERRORS: dict[type[ExpertError], tuple[int, str, str]] = {
     ExpertUnavailable: (502, "upstream_error", "expert_unavailable"),
     ExpertFailed: (502, "upstream_error", "expert_error"),
     ExpertTimeout: (504, "upstream_error", "expert_timeout"),
+    RequestTimedOut: (504, "timeout_error", "request_timeout"),
 }
+# An expert's server refusing the gateway itself is the gateway's misconfiguration: a 502 with
+# its own code, never the upstream's 401/404 (which would read as the caller's fault).
+_MISCONFIGURED_CODES = {401: "expert_auth_failed", 403: "expert_auth_failed", 404: "expert_not_found"}
+DEFAULT_RETRY_AFTER_S = 1
 
 
 def from_expert_error(exc: ExpertError) -> APIError:
-    if isinstance(exc, ExpertRejected):
+    if isinstance(exc, ExpertRejected):  # the caller's request was invalid for the expert
         return APIError(exc.status_code, str(exc), code="expert_rejected_request")
+    if isinstance(exc, ExpertMisconfigured):
+        return APIError(502, str(exc), "upstream_error", code=_MISCONFIGURED_CODES.get(exc.status_code, "expert_error"))
+    if isinstance(exc, ExpertRateLimited):
+        wait = math.ceil(exc.retry_after_s) if exc.retry_after_s else DEFAULT_RETRY_AFTER_S
+        return APIError(429, str(exc), "rate_limit_error", code="expert_overloaded", headers={"retry-after": str(wait)})
     status, kind, code = _EXPERT_ERRORS.get(type(exc), (502, "upstream_error", "expert_error"))
     return APIError(status, str(exc), kind, code=code)
 

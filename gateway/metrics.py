@@ -28,7 +28,7 @@ class GatewayMetrics:
     """One registry per app (tests build many apps in one process)."""
 
     def __init__(self) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Histogram
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.registry = CollectorRegistry()
         self.multiprocess = bool(os.environ.get(MULTIPROC_ENV))
@@ -55,10 +55,38 @@ class GatewayMetrics:
             "expertmesh_routing_confidence", "The router's probability for its top domain",
             buckets=CONFIDENCE_BUCKETS, registry=target,
         )  # fmt: skip
+        self.retries = Counter(
+            "expertmesh_retries", "Requests tried again on an expert (another replica, or the same after a backoff), by the error",
+            ["expert", "reason"], registry=target,
+        )  # fmt: skip
+        self.failovers = Counter(
+            "expertmesh_failovers", "Requests answered by a fallback expert after their expert failed, by the error",
+            ["from_expert", "to_expert", "reason"], registry=target,
+        )  # fmt: skip
+        # livemin: with several workers, a replica counts as out if any live worker took it out.
+        self.replica_state = Gauge(
+            "expertmesh_replica_state", "A replica's circuit breaker: 1 closed (serving), 0.5 half-open (on trial), 0 open (taken out)",
+            ["expert", "replica"], registry=target, multiprocess_mode="livemin",
+        )  # fmt: skip
+        self.circuit_opened = Counter(
+            "expertmesh_circuit_opened", "Times a replica was taken out after repeated failures",
+            ["expert", "replica"], registry=target,
+        )  # fmt: skip
         if self.multiprocess:
             from prometheus_client import multiprocess
 
             multiprocess.MultiProcessCollector(self.registry)
+
+    def replica_changed(self, expert: str, replica: int, state: str) -> None:
+        """A replica's breaker changed state (experts/replicas.py calls this)."""
+        from expertmesh.experts.replicas import OPEN, STATE_VALUES
+
+        self.replica_state.labels(expert, str(replica)).set(STATE_VALUES[state])
+        if state == OPEN:
+            self.circuit_opened.labels(expert, str(replica)).inc()
+
+    def retried(self, expert: str, reason: str) -> None:
+        self.retries.labels(expert, reason).inc()
 
     def response(self) -> Response:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest

@@ -2,11 +2,36 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Role = Literal["system", "developer", "user", "assistant", "tool"]
+# What JSON encoders and the experts' servers take: int64 and uint64 (orjson's limits).
+INT_MIN, INT_MAX = -(2**63), 2**64 - 1
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")  # any integer outside the range has 19 or more digits
+
+
+def out_of_range_integer(body: bytes, parsed: BaseModel) -> str | None:
+    """Where the request holds an integer beyond 64 bits ("seed", "messages[0].x"), or None.
+    Scans the raw body first: the tree is walked only if it has a run of 19 digits."""
+    if _LONG_DIGITS.search(body) is None:
+        return None
+    return _find_big_int(parsed.model_dump(), "")
+
+
+def _find_big_int(value: Any, where: str) -> str | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return where if not INT_MIN <= value <= INT_MAX else None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = _find_big_int(item, f"{where}[{key}]" if isinstance(key, int) else f"{where}.{key}" if where else str(key))
+        if found is not None:
+            return found
+    return None
 
 
 class TextPart(BaseModel):

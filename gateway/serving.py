@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
@@ -19,6 +20,7 @@ from fastapi.responses import Response, StreamingResponse
 from expertmesh.config import AUTO_MODEL, FanoutConfig
 from expertmesh.experts.client import CHAT_PATH, COMPLETIONS_PATH, RESPONSES_PATH, ExpertClient
 from expertmesh.experts.errors import ExpertError, ExpertFailed, ExpertUnavailable
+from expertmesh.experts.failover import FailedExpert, ask_in_turn
 from expertmesh.experts.pool import ExpertPool
 from expertmesh.gateway import response_events, responses
 from expertmesh.gateway.errors import APIError, from_expert_error
@@ -49,9 +51,32 @@ async def _never() -> bool:
     return False
 
 
-def _error_kind(exc: ExpertError) -> str:
-    """ExpertTimeout -> "timeout", for the metrics' label."""
-    return type(exc).__name__.removeprefix("Expert").lower() or "error"
+@dataclass
+class Upstream:
+    """What to send one expert, and how its answer comes back: its body and path, the stream
+    relay (given the response's `expertmesh` field) and the conversion of a JSON answer."""
+
+    body: dict[str, Any]
+    path: str
+    relay: Callable[[dict[str, Any]], StreamRelay]
+    convert: Callable[[dict], dict[str, Any]] = lambda answer: answer
+
+
+# How a request is put to whichever expert of the chain is asked (its prompt format, its API).
+Prepare = Callable[[ExpertClient], Upstream]
+
+
+def failover_meta(decision: RoutingDecision, answered_by: str, failed: list[FailedExpert]) -> dict[str, Any]:
+    meta = decision.to_dict()
+    if failed:
+        meta["answered_by"] = answered_by
+        meta["failover"] = [f.to_dict() for f in failed]
+    return meta
+
+
+def failover_headers(answered_by: str, failed: list[FailedExpert]) -> dict[str, str]:
+    return {"x-expertmesh-answered-by": answered_by,
+            "x-expertmesh-failover": ", ".join(f"{f.expert}={f.error}" for f in failed)}  # fmt: skip
 
 
 # --- stream relays: the expert's SSE lines in, the client's SSE bytes out ------------------------
@@ -74,11 +99,11 @@ def _json(expert: str, data: bytes) -> dict[str, Any]:
 
 
 class ChunkRelay:
-    """Chat and legacy completion chunks, passed through unchanged but for the decision on the
-    first chunk; the stream must end with [DONE]."""
+    """Chat and legacy completion chunks, passed through unchanged but for the `expertmesh`
+    field (the decision) on the first chunk; the stream must end with [DONE]."""
 
-    def __init__(self, decision: RoutingDecision, expert: str) -> None:
-        self.decision, self.expert = decision, expert
+    def __init__(self, meta: dict[str, Any], expert: str) -> None:
+        self.meta, self.expert = meta, expert
 
     async def relay(self, lines: Lines) -> AsyncIterator[bytes]:
         first, done = True, False
@@ -87,7 +112,7 @@ class ChunkRelay:
                 done = True
             elif first and line.startswith(b"data: {"):
                 chunk = _json(self.expert, line[6:])
-                chunk["expertmesh"] = self.decision.to_dict()
+                chunk["expertmesh"] = self.meta
                 line = b"data: " + orjson.dumps(chunk)
                 first = False
             yield line + (b"\n\n" if line.startswith(b"data:") else b"\n")
@@ -104,8 +129,8 @@ class NativeResponseRelay:
 
     FINAL = {"response.completed", "response.incomplete", "response.failed"}
 
-    def __init__(self, decision: RoutingDecision, expert: str) -> None:
-        self.decision, self.expert = decision, expert
+    def __init__(self, meta: dict[str, Any], expert: str) -> None:
+        self.meta, self.expert = meta, expert
         self.sequence = -1
 
     async def relay(self, lines: Lines) -> AsyncIterator[bytes]:
@@ -115,7 +140,7 @@ class NativeResponseRelay:
                 event = _json(self.expert, line[6:])
                 self.sequence = event.get("sequence_number", self.sequence + 1)
                 if event.get("type") == "response.created" and isinstance(event.get("response"), dict):
-                    event["response"]["expertmesh"] = self.decision.to_dict()
+                    event["response"]["expertmesh"] = self.meta
                     line = b"data: " + orjson.dumps(event)
                 final = final or event.get("type") in self.FINAL
             yield line + (b"\n\n" if line.startswith(b"data:") else b"\n")
@@ -130,8 +155,8 @@ class NativeResponseRelay:
 class TranslatedResponseRelay:
     """A chat completion stream, translated into the Responses API's events."""
 
-    def __init__(self, request: ResponsesRequest, decision: RoutingDecision, expert: str, model: str) -> None:
-        self.events = response_events.ChatStreamToEvents(request, model, {"expertmesh": decision.to_dict()})
+    def __init__(self, request: ResponsesRequest, meta: dict[str, Any], expert: str, model: str) -> None:
+        self.events = response_events.ChatStreamToEvents(request, model, {"expertmesh": meta})
         self.expert = expert
 
     async def relay(self, lines: Lines) -> AsyncIterator[bytes]:
@@ -160,8 +185,9 @@ class ChatService:
 
     def __init__(self, policy: RoutingPolicy | None, experts: ExpertPool, fallback_expert: str,
                  fanout: FanoutConfig = FanoutConfig(), model_aliases: dict[str, str] | None = None,
-                 metrics: GatewayMetrics | None = None) -> None:  # fmt: skip
+                 metrics: GatewayMetrics | None = None, request_timeout_s: float = 600.0) -> None:  # fmt: skip
         self.policy = policy
+        self.request_timeout_s = request_timeout_s
         self.metrics = metrics or GatewayMetrics()
         self.batcher = MicroBatcher(policy.classifier) if policy is not None else None
         self.experts = experts
@@ -207,11 +233,6 @@ class ChatService:
             )
         return RoutingDecision(expert=model, routed_by="explicit")
 
-    def _client(self, decision: RoutingDecision) -> ExpertClient:
-        client = self.experts.get(decision.expert)
-        assert client is not None  # the config guarantees every routed expert exists
-        return client
-
     # --- the three APIs ------------------------------------------------------------------------
 
     async def chat(self, request: ChatCompletionRequest, disconnected: Disconnected = _never) -> Response:
@@ -226,9 +247,12 @@ class ChatService:
                 assignments = plan_assignments(self.policy, decision, fields["messages"], settings)
                 if len(assignments) > 1:
                     return await self._fan_out(request, decision, assignments, settings, disconnected)
-        client = self._client(decision)
-        body = client.request_body(fields, decision.domain)
-        return await self._call(client, decision, body, CHAT_PATH, request.stream, ChunkRelay(decision, client.name))
+
+        def prepare(client: ExpertClient) -> Upstream:
+            return Upstream(client.request_body(fields, decision.domain), CHAT_PATH,
+                            lambda meta: ChunkRelay(meta, client.name))  # fmt: skip
+
+        return await self._call(decision, prepare, request.stream)
 
     async def completions(self, request: CompletionRequest) -> Response:
         """A legacy completion: routed on the prompt, relayed as is (no prompt format: the prompt is raw text)."""
@@ -237,76 +261,88 @@ class ChatService:
         if model == AUTO_MODEL and text is None:
             raise APIError(400, "a prompt of token ids cannot be routed: name an expert as the model", param="prompt")
         decision = await self.decide(model, [{"role": "user", "content": text or ""}])
-        client = self._client(decision)
-        body = client.completion_body(request.upstream_fields())
-        relay = ChunkRelay(decision, client.name)
-        return await self._call(client, decision, body, COMPLETIONS_PATH, request.stream, relay)
+        fields = request.upstream_fields()
+
+        def prepare(client: ExpertClient) -> Upstream:
+            return Upstream(client.completion_body(fields), COMPLETIONS_PATH, lambda meta: ChunkRelay(meta, client.name))
+
+        return await self._call(decision, prepare, request.stream)
 
     async def responses(self, request: ResponsesRequest) -> Response:
         """The Responses API: routed on its input; relayed to an expert that serves it, else translated."""
         responses.refuse_stored_state(request)
         messages = responses.conversation(request)
         decision = await self.decide(self.resolve(request.model), messages)
-        client = self._client(decision)
-        if client.serves_responses_api:
-            return await self._responses_native(request, messages, decision, client)
-        responses.refuse_previous_response(request, native_and_named=False)
-        formatted = client.prompt.format(messages, decision.domain)
-        body = client.completion_body(responses.chat_request_fields(request))
-        body["messages"] = responses.chat_messages(formatted)
-        relay = TranslatedResponseRelay(request, decision, client.name, client.config.model)
-        return await self._call(client, decision, body, CHAT_PATH, request.stream, relay,
-                                lambda chat: response_events.response_from_chat(chat, request))  # fmt: skip
 
-    async def _responses_native(self, request: ResponsesRequest, messages: list[dict], decision: RoutingDecision,
-                                client: ExpertClient) -> Response:  # fmt: skip
+        def prepare(client: ExpertClient) -> Upstream:
+            if client.serves_responses_api:
+                return self._responses_native(request, messages, decision, client)
+            responses.refuse_previous_response(request, native_and_named=False)
+            formatted = client.prompt.format(messages, decision.domain)
+            body = client.completion_body(responses.chat_request_fields(request))
+            body["messages"] = responses.chat_messages(formatted)
+            return Upstream(body, CHAT_PATH,
+                            lambda meta: TranslatedResponseRelay(request, meta, client.name, client.config.model),
+                            lambda chat: response_events.response_from_chat(chat, request))  # fmt: skip
+
+        return await self._call(decision, prepare, request.stream)
+
+    @staticmethod
+    def _responses_native(request: ResponsesRequest, messages: list[dict], decision: RoutingDecision,
+                          client: ExpertClient) -> Upstream:  # fmt: skip
         responses.refuse_previous_response(request, native_and_named=decision.routed_by == "explicit")
         # A stored conversation continued by previous_response_id has the expert's system prompt already.
         formatted = client.prompt.format(messages, decision.domain, system_prompt=not request.previous_response_id)
         fields = request.model_dump(exclude_none=True, exclude={"instructions", "expertmesh"})
         body = {**client.responses_defaults(), **fields, "model": client.config.model,
                 "input": responses.native_input(formatted)}  # fmt: skip
-        relay = NativeResponseRelay(decision, client.name)
-        return await self._call(client, decision, body, RESPONSES_PATH, request.stream, relay)
+        return Upstream(body, RESPONSES_PATH, lambda meta: NativeResponseRelay(meta, client.name))
 
-    # --- calling the expert --------------------------------------------------------------------
+    # --- calling the expert, or its fallbacks ----------------------------------------------------
 
-    async def _call(
-        self,
-        client: ExpertClient,
-        decision: RoutingDecision,
-        body: dict,
-        path: str,
-        stream: bool,
-        relay: StreamRelay,
-        convert: Callable[[dict], dict[str, Any]] = lambda answer: answer,
-    ) -> Response:
-        """Ask the expert, count it, and answer with its JSON (plus the decision; `convert`ed to
-        another API's shape) or its stream, passed through `relay`."""
-        headers = decision_headers(decision)
+    async def _call(self, decision: RoutingDecision, prepare: Prepare, stream: bool) -> Response:
+        """Ask the decided expert (then its fallbacks, in turn), count it, and answer with its
+        JSON (plus the `expertmesh` field; converted to another API's shape) or its stream."""
+        deadline = time.monotonic() + self.request_timeout_s
         start = time.perf_counter()
+
+        async def ask(client: ExpertClient) -> tuple[Upstream, AsyncExitStack | None, Any]:
+            upstream = prepare(client)
+            if not stream:
+                return upstream, None, upstream.convert(await client.complete(upstream.body, upstream.path, deadline))
+            stack = AsyncExitStack()  # the open stream; closed when the relay ends
+            lines = await stack.enter_async_context(client.stream(upstream.body, upstream.path, deadline))
+            return upstream, stack, lines
+
         try:
-            if stream:
-                stack = AsyncExitStack()
-                lines = await stack.enter_async_context(client.stream(body, path))  # errors here become statuses
-                response: Response = StreamingResponse(
-                    self._relay(relay, lines, stack, client.name),
-                    media_type="text/event-stream",
-                    headers={**headers, "cache-control": "no-cache"},
-                )
-            else:
-                answer = convert(await client.complete(body, path))
-                answer["expertmesh"] = decision.to_dict()
-                response = Response(orjson.dumps(answer), media_type="application/json", headers=headers)
+            (upstream, stack, result), client, failed = await ask_in_turn(self.experts.chain(decision.expert), ask)
         except ExpertError as exc:
-            log.warning("%s", exc)
-            self.metrics.expert_errors.labels(client.name, _error_kind(exc)).inc()
+            self.metrics.expert_errors.labels(exc.expert, exc.kind).inc()
             error = from_expert_error(exc)
-            self.metrics.requests.labels(client.name, decision.routed_by, str(error.status)).inc()
+            self.metrics.requests.labels(exc.expert, decision.routed_by, str(error.status)).inc()
             raise error from exc
+        headers = decision_headers(decision)
+        if failed:
+            self._count_failover(client.name, failed)
+            headers.update(failover_headers(client.name, failed))
+        meta = failover_meta(decision, client.name, failed)
+        if stack is not None:
+            response: Response = StreamingResponse(
+                self._relay(upstream.relay(meta), result, stack, client.name),
+                media_type="text/event-stream",
+                headers={**headers, "cache-control": "no-cache"},
+            )
+        else:
+            result["expertmesh"] = meta
+            response = Response(orjson.dumps(result), media_type="application/json", headers=headers)
         self.metrics.expert_seconds.labels(client.name, "yes" if stream else "no").observe(time.perf_counter() - start)
         self.metrics.requests.labels(client.name, decision.routed_by, "200").inc()
         return response
+
+    def _count_failover(self, answered_by: str, failed: list[FailedExpert]) -> None:
+        for item in failed:
+            self.metrics.expert_errors.labels(item.expert, item.error).inc()
+            self.metrics.failovers.labels(item.expert, answered_by, item.error).inc()
 
     async def _relay(
         self, relay: StreamRelay, lines: Lines, stack: AsyncExitStack, expert: str
@@ -316,8 +352,8 @@ class ChatService:
             async for data in relay.relay(lines):
                 yield data
         except ExpertError as exc:
-            log.warning("%s (mid-stream)", exc)
-            self.metrics.expert_errors.labels(expert, _error_kind(exc)).inc()
+            log.warning("%s (mid-stream)", exc.for_log())
+            self.metrics.expert_errors.labels(expert, exc.kind).inc()
             yield relay.error(from_expert_error(exc))
         finally:
             await stack.aclose()

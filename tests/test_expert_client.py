@@ -19,7 +19,7 @@ from tests.fake_expert import build_fake_app
 
 def _client(base_url: str, model: str = "fake-model", timeout_s: float = 5.0) -> ExpertClient:
     config = ExpertConfig(name="x", domains=["general"], backend=base_url, model=model, timeout_s=timeout_s)
-    return ExpertClient(config, base_url)
+    return ExpertClient(config, [base_url])
 
 
 def _body(text: str, **extra) -> dict:

@@ -223,7 +223,7 @@ def test_cancelling_a_fanout_cancels_every_request_in_flight():
         def request_body(self, request):
             return request
 
-        async def complete(self, body):
+        async def complete(self, body, deadline=None):
             try:
                 await asyncio.sleep(10)
             except asyncio.CancelledError:

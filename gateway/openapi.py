@@ -1,0 +1,73 @@
+"""What the gateway's OpenAPI document says about its bodies and answers.
+
+The endpoints read their bodies themselves (Pydantic's JSON parser on the raw bytes: no
+intermediate dict, and errors in OpenAI's shape), so FastAPI does not see a body parameter;
+the request schemas are declared here instead, so that generated clients and API fuzzers send
+real bodies. Every error the gateway answers with has OpenAI's error shape.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel
+
+REF = "#/components/schemas/{model}"
+ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {"error": {"type": "object", "required": ["message", "type"], "properties": {
+        "message": {"type": "string"}, "type": {"type": "string"},
+        "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}}}},
+}  # fmt: skip
+_ERROR = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"description": "Invalid request (the message says what is wrong)", **_ERROR},
+    401: {"description": "Missing or wrong API key", **_ERROR},
+    404: {"description": "Unknown model or path", **_ERROR},
+    413: {"description": "Body over gateway.max_body_bytes", **_ERROR},
+    429: {"description": "Every expert that could answer is overloaded; see Retry-After", **_ERROR},
+    500: {"description": "A bug in the gateway (never expected)", **_ERROR},
+    502: {"description": "No expert could answer (down, failing, or misconfigured)", **_ERROR},
+    503: {"description": "No router is loaded (model 'auto')", **_ERROR},
+    504: {"description": "The expert, or the request as a whole, ran out of time", **_ERROR},
+}
+METRICS_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}},
+}
+READY_RESPONSES: dict[int | str, dict[str, Any]] = {
+    503: {"description": "Some routed domain has no expert that can answer",
+          "content": {"application/json": {"schema": {"type": "object"}}}},  # fmt: skip
+}
+
+
+def post_route(request: type[BaseModel], answer: str, stream: bool = True) -> dict[str, Any]:
+    """A POST endpoint's request body and 200 answer (JSON, or SSE when the body asks to stream)."""
+    content: dict[str, Any] = {"application/json": {"schema": {"type": "object", "description": answer}}}
+    if stream:
+        content["text/event-stream"] = {"schema": {"type": "string", "description": "server-sent events"}}
+    return {
+        "openapi_extra": {"requestBody": {"required": True, "content": {
+            "application/json": {"schema": {"$ref": REF.format(model=request.__name__)}}}}},  # fmt: skip
+        "responses": {200: {"description": answer, "content": content}},
+    }
+
+
+def document_schemas(app: FastAPI, models: list[type[BaseModel]]) -> None:
+    """Add the request models (and the error shape) to the document's components."""
+
+    def build() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            schemas = document.setdefault("components", {}).setdefault("schemas", {})
+            schemas["Error"] = ERROR_SCHEMA
+            for model in models:
+                schema = model.model_json_schema(ref_template=REF)
+                schemas.update(schema.pop("$defs", {}))
+                schemas[model.__name__] = schema
+            app.openapi_schema = document
+        return app.openapi_schema
+
+    app.openapi = build  # type: ignore[method-assign]
