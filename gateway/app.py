@@ -148,13 +148,10 @@ def build_app(config: Config, policy: RoutingPolicy | None, experts: ExpertPool)
         """Prometheus metrics: requests, errors and latency per expert, routing latency and confidence."""
         return metrics.response()
 
-    @app.api_route("/healthz", methods=["GET", "HEAD"])
-    @app.api_route("/health", methods=["GET", "HEAD"])  # as vLLM and most gateways spell it
     async def healthz() -> dict:
         """Liveness: the gateway process is up and its event loop answers."""
         return {"status": "ok"}
 
-    @app.api_route("/readyz", methods=["GET", "HEAD"], responses=openapi.READY_RESPONSES)
     async def readyz(request: Request, service: Service) -> JSONResponse:
         """Ready while every routed domain has an expert, or a fallback, that can answer (from the
         background health check; this probe asks no expert). Per-expert detail needs the API key."""
@@ -164,7 +161,15 @@ def build_app(config: Config, policy: RoutingPolicy | None, experts: ExpertPool)
             body.update(router=service.policy is not None, unserved_domains=unserved, experts=service.experts.report())
         return JSONResponse(body, status_code=503 if unserved else 200)
 
-    openapi.document_schemas(app, [ChatCompletionRequest, CompletionRequest, ResponsesRequest, RouteRequest])
+    # Probes take GET and HEAD (load balancers and uptime checkers use both); /health as vLLM
+    # and most gateways spell it. One route per method: each needs its own OpenAPI operation id.
+    for path, probe, extra in [("/healthz", healthz, {}), ("/health", healthz, {}),
+                               ("/readyz", readyz, {"responses": openapi.READY_RESPONSES})]:  # fmt: skip
+        for method in ("GET", "HEAD"):
+            app.add_api_route(path, probe, methods=[method], operation_id=f"{method.lower()}_{path[1:]}", **extra)
+
+    openapi.document_schemas(app, [ChatCompletionRequest, CompletionRequest, ResponsesRequest, RouteRequest],
+                             app.state.service.model_ids)
     return app
 
 

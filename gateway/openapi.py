@@ -34,6 +34,12 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     503: {"description": "No router is loaded (model 'auto')", **_ERROR},
     504: {"description": "The expert, or the request as a whole, ran out of time", **_ERROR},
 }
+# One server-sent event (as OpenAPI 3.2's itemSchema describes a stream, and API fuzzers check it):
+# its `data` is a JSON chunk or [DONE], `event` the Responses API's event type.
+SSE_EVENT: dict[str, Any] = {
+    "type": "object", "required": ["data"], "description": "one server-sent event of the stream",
+    "properties": {"data": {"type": "string"}, "event": {"type": "string"}},
+}  # fmt: skip
 METRICS_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}},
 }
@@ -47,7 +53,7 @@ def post_route(request: type[BaseModel], answer: str, stream: bool = True) -> di
     """A POST endpoint's request body and 200 answer (JSON, or SSE when the body asks to stream)."""
     content: dict[str, Any] = {"application/json": {"schema": {"type": "object", "description": answer}}}
     if stream:
-        content["text/event-stream"] = {"schema": {"type": "string", "description": "server-sent events"}}
+        content["text/event-stream"] = {"schema": SSE_EVENT}
     return {
         "openapi_extra": {"requestBody": {"required": True, "content": {
             "application/json": {"schema": {"$ref": REF.format(model=request.__name__)}}}}},  # fmt: skip
@@ -55,8 +61,9 @@ def post_route(request: type[BaseModel], answer: str, stream: bool = True) -> di
     }
 
 
-def document_schemas(app: FastAPI, models: list[type[BaseModel]]) -> None:
-    """Add the request models (and the error shape) to the document's components."""
+def document_schemas(app: FastAPI, models: list[type[BaseModel]], model_ids: list[str]) -> None:
+    """Add the request models (and the error shape) to the document's components; a request's
+    `model` is one of `model_ids` ("auto", the experts, the aliases), so clients can list them."""
 
     def build() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -66,6 +73,9 @@ def document_schemas(app: FastAPI, models: list[type[BaseModel]]) -> None:
             for model in models:
                 schema = model.model_json_schema(ref_template=REF)
                 schemas.update(schema.pop("$defs", {}))
+                if "model" in schema.get("properties", {}):
+                    schema["properties"]["model"] = {"type": "string", "enum": model_ids, "title": "Model",
+                                                     "description": "'auto' routes; an expert's name asks it"}  # fmt: skip
                 schemas[model.__name__] = schema
             app.openapi_schema = document
         return app.openapi_schema

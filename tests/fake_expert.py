@@ -5,6 +5,7 @@ Its behaviour is steered by markers in the last user message:
   [status=N]    answer with HTTP status N and an OpenAI error body
   [tool=NAME]   answer with a call of the tool NAME (arguments {"query": <the message>})
   [cut=N]       stream N words, then end the stream without [DONE] (an expert that died)
+  [chunk_sleep=S] stream, waiting S seconds before each chunk (a slow generation)
 Otherwise it answers "[<model>] <last user message>", cut to max_tokens words (finish_reason
 "length"), and reports the messages it got in an extra `received_messages` field, so tests can
 check the prompt reformatting. It also serves the legacy /v1/completions ("[<model>] <prompt>")
@@ -28,6 +29,7 @@ SLEEP = re.compile(r"\[sleep=([0-9.]+)\]")
 STATUS = re.compile(r"\[status=([0-9]{3})\]")
 TOOL = re.compile(r"\[tool=([A-Za-z0-9_]+)\]")
 CUT = re.compile(r"\[cut=([0-9]+)\]")
+CHUNK_SLEEP = re.compile(r"\[chunk_sleep=([0-9.]+)\]")
 
 
 def _last_user(messages: list[dict]) -> str:
@@ -42,10 +44,13 @@ def build_fake_app(models: list[str] | None = None, delay_s: float = 0.0) -> Fas
     """delay_s: a delay for every answer without its own [sleep=S] marker."""
     app = FastAPI()
     app.state.requests = []  # every body received, for assertions
-    # model -> {"delay": s, "status": code, "answer": text, "choices": [...]}: set by tests;
-    # "choices" is a stream's choices, sent one chunk each as they are (then [DONE]).
+    # model -> {"delay": s, "status": code, "answer": text, "choices": [...], "failures": n,
+    # "retry_after": s}: set by tests. "choices" is a stream's choices, sent one chunk each as
+    # they are (then [DONE]); "failures": the next n requests get `status` (default 503), the
+    # ones after are answered; "retry_after": a Retry-After header on error answers.
     app.state.per_model = {}
     app.state.disconnects = 0  # requests whose client went away while the fake was still "thinking"
+    app.state.model_list_calls = 0  # GET /v1/models: what health checks cost the expert
 
     @app.get("/health")
     @app.get("/v1/health")
@@ -54,6 +59,7 @@ def build_fake_app(models: list[str] | None = None, delay_s: float = 0.0) -> Fas
 
     @app.get("/v1/models")
     async def list_models() -> dict:
+        app.state.model_list_calls += 1
         served = models or ["fake-model"]
         return {"object": "list", "data": [{"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in served]}
 
@@ -63,9 +69,14 @@ def build_fake_app(models: list[str] | None = None, delay_s: float = 0.0) -> Fas
         app.state.requests.append(body)
         query = _last_user(body["messages"])
         rule = app.state.per_model.get(body.get("model"), {})
-        if rule.get("status") or (status := STATUS.search(query)):
-            code = int(rule.get("status") or status.group(1))
-            return JSONResponse({"error": {"message": f"fake failure {code}", "type": "fake", "code": code}}, code)
+        failing = rule.get("failures", 0) > 0
+        if failing:
+            rule["failures"] -= 1
+        if failing or (rule.get("status") and "failures" not in rule) or (status := STATUS.search(query)):
+            code = int(rule.get("status") or (status.group(1) if not failing else 503))
+            headers = {"retry-after": str(rule["retry_after"])} if "retry_after" in rule else None
+            return JSONResponse({"error": {"message": f"fake failure {code}", "type": "fake", "code": code}}, code,
+                                headers=headers)  # fmt: skip
         delay = float(SLEEP.search(query).group(1)) if SLEEP.search(query) else rule.get("delay", delay_s)
         answer, finish = _truncated(rule.get("answer") or f"[{body['model']}] {query}", body.get("max_tokens"))
         usage = {"prompt_tokens": 7, "completion_tokens": len(answer.split()), "total_tokens": 7 + len(answer.split())}
@@ -77,6 +88,8 @@ def build_fake_app(models: list[str] | None = None, delay_s: float = 0.0) -> Fas
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             cut = int(CUT.search(query).group(1)) if CUT.search(query) else None
+            if CHUNK_SLEEP.search(query):
+                delay = float(CHUNK_SLEEP.search(query).group(1))
             return StreamingResponse(_stream(body["model"], answer, delay, usage if include_usage else None, finish,
                                              call, cut), media_type="text/event-stream")  # fmt: skip
         deadline = time.monotonic() + delay
