@@ -27,6 +27,7 @@ import orjson
 
 from expertmesh.config import ExpertConfig, ResilienceConfig
 from expertmesh.experts.errors import (
+    ExpertCircuitOpen,
     ExpertError,
     ExpertFailed,
     ExpertMisconfigured,
@@ -205,7 +206,7 @@ class ExpertClient:
     def _choose(self, tried: set[int]) -> Replica:
         replica = self.replicas.pick(tried)
         if replica is None:
-            raise ExpertUnavailable(self.name, "every server of this expert is down or cooling down after failures")
+            raise ExpertCircuitOpen(self.name, "every server of this expert is down or cooling down after failures")
         return replica
 
     async def _before_retry(self, attempt: int, replica: Replica, error: ExpertError, tried: set[int],

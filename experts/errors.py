@@ -37,6 +37,13 @@ class ExpertUnavailable(ExpertError):
     retry = failover = breaks_circuit = True
 
 
+class ExpertCircuitOpen(ExpertUnavailable):
+    """Every server of the expert is out: cooling down after failures, or found down by the
+    health check. Nothing was sent; the breaker already counted the failures behind it."""
+
+    breaks_circuit = False
+
+
 class ExpertTimeout(ExpertError):
     """The expert did not answer within its timeout."""
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from expertmesh.experts.client import ExpertClient
-from expertmesh.experts.errors import ExpertError, ExpertRateLimited, RequestTimedOut
+from expertmesh.experts.errors import ExpertCircuitOpen, ExpertError, ExpertRateLimited, RequestTimedOut
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -44,7 +44,8 @@ async def ask_in_turn(
         try:
             return await call(client), client, failed
         except ExpertError as exc:
-            log.warning("%s", exc.for_log())
+            # A skipped expert (all its servers out) is logged once, when its breaker opened.
+            (log.debug if isinstance(exc, ExpertCircuitOpen) else log.warning)("%s", exc.for_log())
             if isinstance(exc, ExpertRateLimited):
                 rate_limited = exc
             last = position == len(chain) - 1

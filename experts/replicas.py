@@ -11,12 +11,14 @@ All of this runs on the event loop's thread: no locks.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from expertmesh.config import CircuitBreakerConfig
 
+log = logging.getLogger(__name__)
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
 # Gauge values for /metrics: 1 serving, 0.5 on trial, 0 taken out.
 STATE_VALUES = {CLOSED: 1.0, HALF_OPEN: 0.5, OPEN: 0.0}
@@ -75,6 +77,9 @@ class Replica:
         self.failures += 1
         was_trial, self.trial_out = self.trial_out, False
         if was_trial or self.failures >= self.breaker.failures:
+            if not self.open_until or was_trial:
+                log.warning("expert '%s' replica %d (%s): %d failure(s) in a row, out for %g s", self.expert,
+                            self.index, self.base_url, self.failures, self.breaker.cooldown_s)  # fmt: skip
             self.open_until = time.monotonic() + self.breaker.cooldown_s
             self._tell(OPEN)
 

@@ -236,5 +236,6 @@ if __name__ == "__main__":
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9100)
     parser.add_argument("--model", action="append", dest="models")
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds before each answer (between chunks when streaming)")
     args = parser.parse_args()
-    uvicorn.run(build_fake_app(args.models), host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(build_fake_app(args.models, args.delay), host=args.host, port=args.port, log_level="warning")
