@@ -42,6 +42,7 @@ class ExpertCircuitOpen(ExpertUnavailable):
     health check. Nothing was sent; the breaker already counted the failures behind it."""
 
     breaks_circuit = False
+    kind = "circuit_open"  # type: ignore[assignment]
 
 
 class ExpertTimeout(ExpertError):
