@@ -30,7 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.fault_load import (  # noqa: E402
+from tests.fault_load import (
     LoadResult,
     experts_with_backends,
     fake_expert_process,
@@ -63,7 +63,9 @@ def scenario(kind: str, requests: int, concurrency: int, delay: float, stream_ev
             doomed.send_signal(signal.SIGKILL)
 
         result = asyncio.run(run_load(url, requests, concurrency, stream_every, kill))
-        gateway = {name: counter_total(url, f"expertmesh_{name}_total") for name in ("retries", "failovers", "circuit_opened")}
+        gateway = {
+            name: counter_total(url, f"expertmesh_{name}_total") for name in ("retries", "failovers", "circuit_opened")
+        }
     return result, gateway
 
 
@@ -74,8 +76,13 @@ def main() -> None:
     parser.add_argument("--delay", type=float, default=0.02)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    rows = ["| scenario | load | sent | answered | failed over | retried | breakers opened | cut mid-stream | "
-            "lost | req/s |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    rows = [
+        (
+            "| scenario | load | sent | answered | failed over | retried | breakers opened | cut mid-stream | "
+            "lost | req/s |"
+        ),
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for kind in ("baseline", "replica", "only-server"):
         for mode, every in MODES.items():
             result, gateway = scenario(kind, args.requests, args.concurrency, args.delay, every)

@@ -335,7 +335,7 @@ class ExpertClient:
             response.release()
 
     async def _open_stream(self, replica: Replica, data: bytes, path: str,
-                           deadline: float | None) -> tuple[aiohttp.ClientResponse, AsyncIterator[bytes], bytes | None]:  # fmt: skip
+                           deadline: float | None) -> tuple[aiohttp.ClientResponse, AsyncIterator[bytes], bytes]:  # fmt: skip
         try:
             response = await self._http().post(replica.base_url + path, data=data, proxy=self._proxies[replica.index],
                                                timeout=self._attempt_timeout(deadline, None))  # fmt: skip
@@ -348,6 +348,8 @@ class ExpertClient:
                 raise _status_error(self.name, response.status, await response.read(), response.headers)
             lines = self._lines(response)
             first = await anext(lines, None)
+            if first is None:  # nothing sent yet, so it can still be asked again
+                raise ExpertUnavailable(self.name, "closed the stream before sending anything")
         except BaseException as exc:
             response.release()
             if isinstance(exc, ExpertError | asyncio.CancelledError):
@@ -355,9 +357,7 @@ class ExpertClient:
             raise _translate(self.name, exc) from exc  # type: ignore[arg-type]
         return response, lines, first
 
-    async def _after(self, first: bytes | None, lines: AsyncIterator[bytes], deadline: float | None) -> AsyncIterator[bytes]:
-        if first is None:
-            return
+    async def _after(self, first: bytes, lines: AsyncIterator[bytes], deadline: float | None) -> AsyncIterator[bytes]:
         yield first
         try:
             async for line in lines:

@@ -61,6 +61,7 @@ class ExpertRateLimited(ExpertError):
     """The expert's server is overloaded (429): ask elsewhere; the replica itself works."""
 
     retry = failover = True
+    kind = "rate_limited"  # type: ignore[assignment]
 
     def __init__(self, expert: str, message: str, retry_after_s: float | None = None) -> None:
         super().__init__(expert, message)
@@ -89,3 +90,5 @@ class ExpertRejected(ExpertError):
 
 class RequestTimedOut(ExpertError):
     """The request used up the gateway's total time limit (gateway.request_timeout_s)."""
+
+    kind = "request_timeout"  # type: ignore[assignment]

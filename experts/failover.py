@@ -25,7 +25,7 @@ class FailedExpert:
     """An expert that could not answer before another one did."""
 
     expert: str
-    error: str  # the error's kind: unavailable, timeout, failed, ratelimited, misconfigured
+    error: str  # the error's kind: unavailable, circuit_open, timeout, failed, rate_limited, misconfigured
     message: str
 
     def to_dict(self) -> dict[str, str]:

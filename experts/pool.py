@@ -51,11 +51,6 @@ class ExpertPool:
         """Every replica of every expert checked now; each keeps its reading."""
         await asyncio.gather(*(client.check_replicas(timeout_s) for client in self.clients.values()))
 
-    async def health(self) -> dict[str, dict]:
-        """Checks now, then each expert's state (as /readyz reports it)."""
-        await self.check()
-        return self.report()
-
     def report(self) -> dict[str, dict]:
         """Each expert's state from the last check and its breakers, without checking."""
         return {

@@ -47,7 +47,7 @@ class HealthMonitor:
             await asyncio.sleep(self.settings.interval_s)
             try:
                 await self.check()
-            except Exception:  # noqa: BLE001 - a failed round must not end the checking
+            except Exception:  # a failed round must not end the checking
                 log.exception("health check failed")
 
     def unserved_domains(self) -> list[str]:

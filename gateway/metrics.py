@@ -40,7 +40,7 @@ class GatewayMetrics:
             ["expert", "routed_by", "status"], registry=target,
         )  # fmt: skip
         self.expert_errors = Counter(
-            "expertmesh_expert_errors", "Failures talking to an expert, by kind (timeout, unavailable, rejected, failed)",
+            "expertmesh_expert_errors", "Failures talking to an expert, by kind (unavailable, timeout, failed, rate_limited, misconfigured, rejected, circuit_open, request_timeout)",
             ["expert", "kind"], registry=target,
         )  # fmt: skip
         self.expert_seconds = Histogram(

@@ -18,10 +18,19 @@ REF = "#/components/schemas/{model}"
 ERROR_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["error"],
-    "properties": {"error": {"type": "object", "required": ["message", "type"], "properties": {
-        "message": {"type": "string"}, "type": {"type": "string"},
-        "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}}}},
-}  # fmt: skip
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"type": ["string", "null"]},
+                "code": {"type": ["string", "null"]},
+            },
+        }
+    },
+}
 _ERROR = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"description": "Invalid request (the message says what is wrong)", **_ERROR},
@@ -44,8 +53,10 @@ METRICS_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}},
 }
 READY_RESPONSES: dict[int | str, dict[str, Any]] = {
-    503: {"description": "Some routed domain has no expert that can answer",
-          "content": {"application/json": {"schema": {"type": "object"}}}},  # fmt: skip
+    503: {
+        "description": "Some routed domain has no expert that can answer",
+        "content": {"application/json": {"schema": {"type": "object"}}},
+    },
 }
 
 
@@ -56,9 +67,9 @@ def post_route(request: type[BaseModel], answer: str, stream: bool = True) -> di
         content["text/event-stream"] = {"schema": SSE_EVENT}
     return {
         "openapi_extra": {"requestBody": {"required": True, "content": {
-            "application/json": {"schema": {"$ref": REF.format(model=request.__name__)}}}}},  # fmt: skip
+            "application/json": {"schema": {"$ref": REF.format(model=request.__name__)}}}}},
         "responses": {200: {"description": answer, "content": content}},
-    }
+    }  # fmt: skip
 
 
 def document_schemas(app: FastAPI, models: list[type[BaseModel]], model_ids: list[str]) -> None:

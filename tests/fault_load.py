@@ -88,7 +88,9 @@ def gateway_config(backends: list[str], fallbacks: bool = True, **resilience) ->
 
 def experts_with_backends(config: dict, backends: dict[str, list[str]]) -> dict:
     """`config` with some experts' backends replaced."""
-    experts = [{**e, "backend": backends[e["name"]] if e["name"] in backends else e["backend"]} for e in config["experts"]]
+    experts = [
+        {**e, "backend": backends[e["name"]] if e["name"] in backends else e["backend"]} for e in config["experts"]
+    ]
     return {**config, "experts": experts}
 
 

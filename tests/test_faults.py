@@ -33,14 +33,17 @@ def test_the_shipped_router_spreads_the_load_questions_over_every_expert(tmp_pat
 
 @pytest.mark.parametrize("stream_every", [10**9, 4], ids=["json", "one-in-four-streaming"])
 def test_killing_one_of_two_replicas_under_load_loses_no_request(tmp_path, stream_every):
-    with fake_expert_process(delay_s=0.02) as (first, _), fake_expert_process(delay_s=0.02) as (second, doomed):
-        with gateway_process(gateway_config([first, second]), tmp_path) as url:
+    with (
+        fake_expert_process(delay_s=0.02) as (first, _),
+        fake_expert_process(delay_s=0.02) as (second, doomed),
+        gateway_process(gateway_config([first, second]), tmp_path) as url,
+    ):
 
-            async def kill_second(result):
-                await when_sent(result, 100)
-                doomed.send_signal(signal.SIGKILL)
+        async def kill_second(result):
+            await when_sent(result, 100)
+            doomed.send_signal(signal.SIGKILL)
 
-            result = asyncio.run(run_load(url, 400, concurrency=32, stream_every=stream_every, disrupt=kill_second))
+        result = asyncio.run(run_load(url, 400, concurrency=32, stream_every=stream_every, disrupt=kill_second))
     # Requests in flight on the killed replica are retried on the other, streams that had not
     # sent a chunk yet included. A stream already under way cannot be retried (the client has
     # part of it): it ends with an error event. Nothing else may be lost.
@@ -65,8 +68,15 @@ def test_an_experts_only_server_killed_under_load_fails_over_and_loses_nothing(t
 
 
 def test_an_expert_killed_mid_stream_ends_the_stream_with_an_error_event(tmp_path):
-    with fake_expert_process(delay_s=0.2) as (upstream, doomed), gateway_process(gateway_config([upstream]), tmp_path) as url:
-        body = {"model": "math", "stream": True, "messages": [{"role": "user", "content": "one two three four five six"}]}
+    with (
+        fake_expert_process(delay_s=0.2) as (upstream, doomed),
+        gateway_process(gateway_config([upstream]), tmp_path) as url,
+    ):
+        body = {
+            "model": "math",
+            "stream": True,
+            "messages": [{"role": "user", "content": "one two three four five six"}],
+        }
         with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=30) as response:
             assert response.status_code == 200
             lines = response.iter_lines()
@@ -80,6 +90,9 @@ def test_an_expert_killed_mid_stream_ends_the_stream_with_an_error_event(tmp_pat
 
 
 def test_500_concurrent_streams_all_complete(tmp_path):
-    with fake_expert_process(delay_s=0.01) as (upstream, _), gateway_process(gateway_config([upstream]), tmp_path) as url:
+    with (
+        fake_expert_process(delay_s=0.01) as (upstream, _),
+        gateway_process(gateway_config([upstream]), tmp_path) as url,
+    ):
         result = asyncio.run(run_load(url, requests=500, concurrency=500, stream_every=1))
     assert result.answered == 500 and result.lost == 0, result.summary()

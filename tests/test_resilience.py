@@ -74,11 +74,16 @@ def test_an_expert_whose_only_backend_is_down_fails_over_to_its_fallback(fake):
         meta = body["expertmesh"]
         assert meta["expert"] == "math" and meta["answered_by"] == "general"  # the decision stays the router's
         # unavailable: the connection was refused; circuit_open: the health check had found it down
-        assert meta["failover"][0]["expert"] == "math" and meta["failover"][0]["error"] in ("unavailable", "circuit_open")
+        assert meta["failover"][0]["expert"] == "math" and meta["failover"][0]["error"] in (
+            "unavailable",
+            "circuit_open",
+        )
         assert response.headers["x-expertmesh-answered-by"] == "general"
         assert response.headers["x-expertmesh-failover"] == f"math={meta['failover'][0]['error']}"
         stream = chat(gateway, "another integral", stream=True)
-        assert stream.status_code == 200 and "[general-model]" in stream.text and stream.text.endswith("data: [DONE]\n\n")
+        assert (
+            stream.status_code == 200 and "[general-model]" in stream.text and stream.text.endswith("data: [DONE]\n\n")
+        )
         assert metric(gateway, "expertmesh_failovers_total", from_expert="math", to_expert="general") >= 1
         assert sum(metric(gateway, "expertmesh_failovers_total", from_expert="math", reason=reason)
                    for reason in ("unavailable", "circuit_open")) == 2  # fmt: skip
@@ -128,7 +133,7 @@ def test_a_transient_5xx_is_retried_on_the_same_expert(fake):
 
 
 def test_requests_spread_over_replicas_and_a_dead_one_is_taken_out(fake):
-    url, app = fake
+    url, _ = fake
     with running_gateway(make_config(url, {"finance": [f"{url}/v1", DEAD]}, fallbacks=False)) as gateway:
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             codes = list(pool.map(lambda i: chat(gateway, f"tax question {i}").status_code, range(40)))
@@ -155,7 +160,10 @@ def test_a_failing_replica_is_taken_out_and_tried_again_after_its_cooldown(fake)
         assert failover["message"].endswith("cooling down after failures")
         time.sleep(0.6)  # past the cool-down: one trial request, which succeeds and closes the breaker
         answer = chat(gateway, "tax question").json()
-        assert answer["choices"][0]["message"]["content"].startswith("[finance-model]") and "failover" not in answer["expertmesh"]
+        assert (
+            answer["choices"][0]["message"]["content"].startswith("[finance-model]")
+            and "failover" not in answer["expertmesh"]
+        )
         assert metric(gateway, "expertmesh_replica_state", expert="finance", replica="0") == 1
 
 
@@ -199,7 +207,7 @@ def test_an_overloaded_expert_fails_over_then_429_with_retry_after(fake):
     with running_gateway(make_config(url)) as gateway:
         response = chat(gateway, "a symptom")
         assert response.status_code == 200
-        assert response.json()["expertmesh"]["failover"][0]["error"] == "ratelimited"
+        assert response.json()["expertmesh"]["failover"][0]["error"] == "rate_limited"
     with running_gateway(make_config(url, fallbacks=False)) as gateway:
         response = chat(gateway, "a symptom")
         assert response.status_code == 429 and response.headers["retry-after"] == "7"
@@ -300,4 +308,3 @@ def test_the_openapi_document_declares_request_bodies_and_metrics_as_text(fake):
         assert "messages" in str(document["components"]["schemas"][model]) or model != "ChatCompletionRequest"
     assert list(document["paths"]["/metrics"]["get"]["responses"]["200"]["content"]) == ["text/plain"]
     assert {"get", "head"} <= set(document["paths"]["/healthz"])
-
