@@ -13,6 +13,7 @@ and after it httpx's pool (httpcore on anyio) still took ~70% of it: the same re
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import random
 import time
@@ -203,10 +204,10 @@ class ExpertClient:
 
     # --- choosing a replica, and trying again ----------------------------------------------------
 
-    def _choose(self, tried: set[int]) -> Replica:
+    def _choose(self, tried: set[int], last_error: ExpertError | None) -> Replica:
         replica = self.replicas.pick(tried)
-        if replica is None:
-            raise ExpertCircuitOpen(self.name, "every server of this expert is down or cooling down after failures")
+        if replica is None:  # on a retry, the failure that just took the last replica out says more
+            raise last_error or ExpertCircuitOpen(self.name, "every server of this expert is down or cooling down after failures")
         return replica
 
     async def _before_retry(self, attempt: int, replica: Replica, error: ExpertError, tried: set[int],
@@ -259,9 +260,9 @@ class ExpertClient:
         returned. `deadline` (time.monotonic()) bounds every try together."""
         data = orjson.dumps({**body, "stream": False})
         tried: set[int] = set()
-        attempt = 0
-        while True:
-            replica = self._choose(tried)
+        error: ExpertError | None = None
+        for attempt in itertools.count():
+            replica = self._choose(tried, error)
             tried.add(replica.index)
             try:
                 return await self._complete_once(replica, data, path, deadline)
@@ -269,7 +270,7 @@ class ExpertClient:
                 error = self._timed_out(exc, deadline)
                 if isinstance(error, RequestTimedOut) or not await self._before_retry(attempt, replica, error, tried, deadline):
                     raise error from exc
-            attempt += 1
+        raise AssertionError("unreachable")
 
     async def _complete_once(self, replica: Replica, data: bytes, path: str, deadline: float | None) -> dict[str, Any]:
         timeout = self._attempt_timeout(deadline, self.config.timeout_s)
@@ -306,13 +307,13 @@ class ExpertClient:
         retried (and then become an HTTP error status). Yields the SSE lines, that first one included."""
         data = orjson.dumps({**body, "stream": True})
         tried: set[int] = set()
-        attempt = 0
-        while True:
-            replica = self._choose(tried)
+        error: ExpertError | None = None
+        for attempt in itertools.count():
+            replica = self._choose(tried, error)
             tried.add(replica.index)
             replica.acquire(time.monotonic())
             try:
-                response, lines, first = await self._open_stream(replica, data, path, deadline)
+                response, lines = await self._open_stream(replica, data, path, deadline)
                 break
             except BaseException as exc:
                 replica.release()
@@ -322,10 +323,9 @@ class ExpertClient:
                 error = self._timed_out(exc, deadline)
                 if isinstance(error, RequestTimedOut) or not await self._before_retry(attempt, replica, error, tried, deadline):
                     raise error from exc
-            attempt += 1
         self._settle(replica, None)  # it answered: whatever happens next is not retried
         try:
-            yield self._after(first, lines, deadline)
+            yield lines
         except aiohttp.ClientError as exc:
             raise _translate(self.name, exc) from exc
         finally:
@@ -335,7 +335,7 @@ class ExpertClient:
             response.release()
 
     async def _open_stream(self, replica: Replica, data: bytes, path: str,
-                           deadline: float | None) -> tuple[aiohttp.ClientResponse, AsyncIterator[bytes], bytes]:  # fmt: skip
+                           deadline: float | None) -> tuple[aiohttp.ClientResponse, AsyncIterator[bytes]]:  # fmt: skip
         try:
             response = await self._http().post(replica.base_url + path, data=data, proxy=self._proxies[replica.index],
                                                timeout=self._attempt_timeout(deadline, None))  # fmt: skip
@@ -346,35 +346,36 @@ class ExpertClient:
         try:
             if response.status >= 400:
                 raise _status_error(self.name, response.status, await response.read(), response.headers)
-            lines = self._lines(response)
-            first = await anext(lines, None)
-            if first is None:  # nothing sent yet, so it can still be asked again
-                raise ExpertUnavailable(self.name, "closed the stream before sending anything")
+            first = await self._first_line(response)
         except BaseException as exc:
             response.release()
             if isinstance(exc, ExpertError | asyncio.CancelledError):
                 raise
             raise _translate(self.name, exc) from exc  # type: ignore[arg-type]
-        return response, lines, first
+        return response, self._lines(response, first, deadline)
 
-    async def _after(self, first: bytes, lines: AsyncIterator[bytes], deadline: float | None) -> AsyncIterator[bytes]:
-        yield first
+    async def _first_line(self, response: aiohttp.ClientResponse) -> bytes:
+        """The stream's first non-empty line; nothing has reached the client yet, so a failure
+        here (an empty stream, a timeout before the first event) can still be retried."""
         try:
-            async for line in lines:
-                yield line
-        except ExpertError as exc:
-            raise self._timed_out(exc, deadline) from exc
+            async for line in response.content:
+                line = line.rstrip(b"\r\n")
+                if line:
+                    return line
+        except Exception as exc:
+            raise _translate(self.name, exc) from exc
+        raise ExpertUnavailable(self.name, "closed the stream before sending anything")
 
-    async def _lines(self, response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    async def _lines(self, response: aiohttp.ClientResponse, first: bytes, deadline: float | None) -> AsyncIterator[bytes]:
+        """The SSE lines, the prefetched first one included."""
+        yield first
         try:
             async for line in response.content:
                 line = line.rstrip(b"\r\n")
                 if line:
                     yield line
-        except ExpertError:
-            raise
         except Exception as exc:
-            raise _translate(self.name, exc) from exc
+            raise self._timed_out(_translate(self.name, exc), deadline) from exc
 
     # --- health ---------------------------------------------------------------------------------
 

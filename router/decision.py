@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Literal
 
 RoutedBy = Literal["router", "fallback", "explicit"]
@@ -24,4 +24,7 @@ class RoutingDecision:
     conversation: Conversation | None = None  # None: a single user turn was routed
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        # By hand: dataclasses.asdict deep-copies recursively, a measurable cost on every request.
+        return {"expert": self.expert, "routed_by": self.routed_by, "domain": self.domain,
+                "confidence": self.confidence, "scores": dict(self.scores), "router": self.router,
+                "latency_ms": self.latency_ms, "conversation": self.conversation}  # fmt: skip

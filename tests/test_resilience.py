@@ -198,6 +198,28 @@ def serve_on_port(app, port: int) -> Iterator[None]:
         thread.join(10)
 
 
+def test_the_least_busy_usable_replica_is_picked_and_tried_ones_last():
+    from expertmesh.config import CircuitBreakerConfig
+    from expertmesh.experts.replicas import OPEN, Replica, ReplicaSet
+
+    states = []
+    breaker = CircuitBreakerConfig(failures=2, cooldown_s=60)
+    replicas = [Replica("x", i, f"http://r{i}/v1", breaker, lambda *a: states.append(a)) for i in range(3)]
+    chosen = ReplicaSet(replicas)
+    replicas[0].in_flight, replicas[1].in_flight, replicas[2].in_flight = 3, 1, 2
+    assert chosen.pick(set()).index == 1
+    assert chosen.pick({1}).index == 2  # already tried for this request: the others first
+    assert chosen.pick({0, 1, 2}).index == 1  # all tried: the least busy again
+    replicas[1].failed()
+    assert chosen.pick(set()).index == 1  # one failure is not enough to take it out
+    replicas[1].failed()
+    assert states == [("x", 1, OPEN)] and chosen.pick(set()).index == 2
+    replicas[2].checked(False, "down")  # the health check's reading takes it out too
+    assert chosen.pick(set()).index == 0
+    replicas[0].checked(False, "down")
+    assert chosen.pick(set()) is None and not chosen.any_up
+
+
 # --- 429s ------------------------------------------------------------------------------------------
 
 
