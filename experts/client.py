@@ -87,9 +87,13 @@ def _status_error(expert: str, status: int, content: bytes, headers: Mapping[str
         return ExpertRateLimited(expert, f"the expert's server is overloaded (429): {detail}",
                                  _retry_after(headers or {}))  # fmt: skip
     if status in (401, 403):
-        return ExpertMisconfigured(expert, f"the expert's server refused the gateway's credentials ({status}): {detail}", status)
+        return ExpertMisconfigured(
+            expert, f"the expert's server refused the gateway's credentials ({status}): {detail}", status
+        )
     if status == 404:
-        return ExpertMisconfigured(expert, f"the expert's server does not know its model or path (404): {detail}", status)
+        return ExpertMisconfigured(
+            expert, f"the expert's server does not know its model or path (404): {detail}", status
+        )
     if 400 <= status < 500:
         return ExpertRejected(expert, detail, status)
     return ExpertFailed(expert, f"the expert's server answered {status}: {detail}")
@@ -207,7 +211,9 @@ class ExpertClient:
     def _choose(self, tried: set[int], last_error: ExpertError | None) -> Replica:
         replica = self.replicas.pick(tried)
         if replica is None:  # on a retry, the failure that just took the last replica out says more
-            raise last_error or ExpertCircuitOpen(self.name, "every server of this expert is down or cooling down after failures")
+            raise last_error or ExpertCircuitOpen(
+                self.name, "every server of this expert is down or cooling down after failures"
+            )
         return replica
 
     async def _before_retry(self, attempt: int, replica: Replica, error: ExpertError, tried: set[int],
@@ -255,7 +261,9 @@ class ExpertClient:
 
     # --- the calls ----------------------------------------------------------------------------
 
-    async def complete(self, body: dict[str, Any], path: str = CHAT_PATH, deadline: float | None = None) -> dict[str, Any]:
+    async def complete(
+        self, body: dict[str, Any], path: str = CHAT_PATH, deadline: float | None = None
+    ) -> dict[str, Any]:
         """A non-streaming call (a chat completion by default), as the JSON object the server
         returned. `deadline` (time.monotonic()) bounds every try together."""
         data = orjson.dumps({**body, "stream": False})
@@ -268,7 +276,9 @@ class ExpertClient:
                 return await self._complete_once(replica, data, path, deadline)
             except ExpertError as exc:
                 error = self._timed_out(exc, deadline)
-                if isinstance(error, RequestTimedOut) or not await self._before_retry(attempt, replica, error, tried, deadline):
+                if isinstance(error, RequestTimedOut) or not await self._before_retry(
+                    attempt, replica, error, tried, deadline
+                ):
                     raise error from exc
         raise AssertionError("unreachable")
 
@@ -286,7 +296,9 @@ class ExpertClient:
         finally:  # a cancelled call (the client went away) says nothing about the replica
             replica.release()
 
-    async def _post_json(self, replica: Replica, data: bytes, path: str, timeout: aiohttp.ClientTimeout) -> dict[str, Any]:
+    async def _post_json(
+        self, replica: Replica, data: bytes, path: str, timeout: aiohttp.ClientTimeout
+    ) -> dict[str, Any]:
         try:
             async with self._http().post(replica.base_url + path, data=data, proxy=self._proxies[replica.index],
                                          timeout=timeout) as response:  # fmt: skip
@@ -321,7 +333,9 @@ class ExpertClient:
                     raise  # cancelled: the client went away
                 self._settle(replica, exc)
                 error = self._timed_out(exc, deadline)
-                if isinstance(error, RequestTimedOut) or not await self._before_retry(attempt, replica, error, tried, deadline):
+                if isinstance(error, RequestTimedOut) or not await self._before_retry(
+                    attempt, replica, error, tried, deadline
+                ):
                     raise error from exc
         self._settle(replica, None)  # it answered: whatever happens next is not retried
         try:
@@ -366,7 +380,9 @@ class ExpertClient:
             raise _translate(self.name, exc) from exc
         raise ExpertUnavailable(self.name, "closed the stream before sending anything")
 
-    async def _lines(self, response: aiohttp.ClientResponse, first: bytes, deadline: float | None) -> AsyncIterator[bytes]:
+    async def _lines(
+        self, response: aiohttp.ClientResponse, first: bytes, deadline: float | None
+    ) -> AsyncIterator[bytes]:
         """The SSE lines, the prefetched first one included."""
         yield first
         try:
@@ -386,13 +402,17 @@ class ExpertClient:
     async def _check(self, replica: Replica, timeout_s: float) -> None:
         ok, detail = await self._probe(replica, timeout_s)
         if not ok:
-            log.info("expert '%s' replica %d (%s) is not healthy: %s", self.name, replica.index, replica.base_url, detail)
+            log.info(
+                "expert '%s' replica %d (%s) is not healthy: %s", self.name, replica.index, replica.base_url, detail
+            )
         replica.checked(ok, detail)
 
     async def _probe(self, replica: Replica, timeout_s: float) -> tuple[bool, str]:
         try:
             async with asyncio.timeout(timeout_s):
-                async with self._http().get(replica.base_url + "/models", proxy=self._proxies[replica.index]) as response:
+                async with self._http().get(
+                    replica.base_url + "/models", proxy=self._proxies[replica.index]
+                ) as response:
                     status, content = response.status, await response.read()
             if status >= 400:
                 raise _status_error(self.name, status, content)
