@@ -15,10 +15,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from expertmesh.experts.client import ExpertClient
 from expertmesh.experts.errors import ExpertError, ExpertUnavailable, RequestTimedOut
+from expertmesh.experts.failover import ask_in_turn
 from expertmesh.experts.pool import ExpertPool
 
 Status = Literal["answered", "dropped"]
@@ -127,11 +130,14 @@ STRATEGIES = (*DIRECT_STRATEGIES, "synthesize")
 
 async def synthesize(pool: ExpertPool, aggregator: str, question: str, answers: list[ExpertAnswer],
                      request: dict[str, Any]) -> tuple[str, dict[str, int]]:  # fmt: skip
-    """The aggregator's one answer and its usage."""
-    client = pool.get(aggregator)
-    body = client.request_body({**request, "messages": synthesis_messages(question, answers), "stream": None,
-                                "stream_options": None})  # fmt: skip
-    answer = await client.complete(body)
+    """The aggregator's one answer and its usage (its fallbacks write it if it cannot)."""
+    messages = synthesis_messages(question, answers)
+
+    async def write(client: ExpertClient) -> dict[str, Any]:
+        return await client.complete(client.request_body({**request, "messages": messages, "stream": None,
+                                                          "stream_options": None}))  # fmt: skip
+
+    answer, _, _ = await ask_in_turn(pool.chain(aggregator), write)
     return answer["choices"][0]["message"].get("content") or "", answer.get("usage") or {}
 
 
@@ -150,10 +156,16 @@ def sum_usage(usages: list[dict]) -> dict[str, int]:
 
 async def synthesize_stream(pool: ExpertPool, aggregator: str, question: str, answers: list[ExpertAnswer],
                             request: dict[str, Any]) -> AsyncIterator[bytes]:  # fmt: skip
-    """The aggregator's SSE lines, as it writes (the caller re-labels them)."""
-    client = pool.get(aggregator)
-    body = client.request_body({**request, "messages": synthesis_messages(question, answers), "stream": True,
-                                "stream_options": {"include_usage": True}})  # fmt: skip
-    async with client.stream(body) as lines:
+    """The aggregator's SSE lines, as it writes (the caller re-labels them); its fallbacks write
+    if it cannot start."""
+    messages = synthesis_messages(question, answers)
+    async with AsyncExitStack() as stack:
+
+        async def start(client: ExpertClient) -> AsyncIterator[bytes]:
+            body = client.request_body({**request, "messages": messages, "stream": True,
+                                        "stream_options": {"include_usage": True}})  # fmt: skip
+            return await stack.enter_async_context(client.stream(body))
+
+        lines, _, _ = await ask_in_turn(pool.chain(aggregator), start)
         async for line in lines:
             yield line

@@ -149,6 +149,28 @@ def test_synthesis_gets_every_answer_with_attribution(fanout_gateway):
     assert body["choices"][0]["message"]["content"].startswith("[general-model]")
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_failing_aggregator_hands_the_synthesis_to_its_fallback(fake_expert, stream):
+    url, fake = fake_expert
+    fake.state.per_model = {"general-model": {"status": 500}}
+    try:
+        config = config_with(url, strategy="synthesize", aggregator="general")
+        experts = [e.model_copy(update={"fallbacks": ["math"]}) if e.name == "general" else e for e in config.experts]
+        config = config.model_copy(update={"experts": experts})
+        app = build_app(config, RoutingPolicy(SplitClassifier(), config), ExpertPool(config))
+        with serve_in_thread(app) as gateway:
+            response = ask(gateway, stream=stream)
+    finally:
+        fake.state.per_model = {}
+    assert response.status_code == 200
+    if stream:
+        chunks = [json.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: {")]
+        text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    else:
+        text = response.json()["choices"][0]["message"]["content"]
+    assert text.startswith("[math-model]") and "[medical expert]" in text
+
+
 def test_streamed_synthesis_names_the_experts_first(fanout_gateway):
     _, _, make = fanout_gateway
     with make(strategy="synthesize") as url:
