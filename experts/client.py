@@ -163,11 +163,6 @@ class ExpertClient:
         self._session_loop: asyncio.AbstractEventLoop | None = None
         self._defaults = config.generation.model_dump(exclude_none=True)
 
-    @property
-    def base_url(self) -> str:
-        """The first replica's base URL."""
-        return self.replicas.replicas[0].base_url
-
     def _http(self) -> aiohttp.ClientSession:
         loop = asyncio.get_running_loop()
         if self._session is None or self._session_loop is not loop:

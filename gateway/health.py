@@ -23,7 +23,6 @@ class HealthMonitor:
         self.settings = config.resilience.health_check
         self.experts = experts
         self.expert_for_domain = config.expert_for_domain()
-        self.checks = 0
         self._task: asyncio.Task | None = None
 
     async def start(self) -> None:
@@ -40,7 +39,6 @@ class HealthMonitor:
 
     async def check(self) -> None:
         await self.experts.check(self.settings.timeout_s)
-        self.checks += 1
 
     async def _loop(self) -> None:
         while True:
