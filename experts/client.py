@@ -207,7 +207,7 @@ class ExpertClient:
         replica = self.replicas.pick(tried)
         if replica is None:  # on a retry, the failure that just took the last replica out says more
             raise last_error or ExpertCircuitOpen(
-                self.name, "every server of this expert is down or cooling down after failures"
+                self.name, "every server of this expert is cooling down after failures"
             )
         return replica
 

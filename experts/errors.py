@@ -38,8 +38,8 @@ class ExpertUnavailable(ExpertError):
 
 
 class ExpertCircuitOpen(ExpertUnavailable):
-    """Every server of the expert is out: cooling down after failures, or found down by the
-    health check. Nothing was sent; the breaker already counted the failures behind it."""
+    """Every server of the expert is out, cooling down after failures. Nothing was sent; the
+    breaker already counted the failures behind it."""
 
     breaks_circuit = False
     kind = "circuit_open"  # type: ignore[assignment]

@@ -1,8 +1,8 @@
 """The servers behind one expert (replicas of one model), each with its circuit breaker.
 
 A request goes to the usable replica with the fewest requests in flight. A replica is usable
-while its breaker is closed, or half-open with no trial request out, and the background health
-check has not found it down. Its breaker opens after `failures` failures in a row (connect
+while its breaker is closed, or half-open with no trial request out; replicas that the
+background health check found down are tried only when no other one is usable. Its breaker opens after `failures` failures in a row (connect
 errors, timeouts, 5xx) and stays open for `cooldown_s`; then one request tries it (half-open):
 success closes the breaker, failure opens it for another cool-down.
 
@@ -51,8 +51,8 @@ class Replica:
             return CLOSED
         return OPEN if (now or time.monotonic()) < self.open_until else HALF_OPEN
 
-    def usable(self, now: float) -> bool:
-        if self.health.ok is False:
+    def usable(self, now: float, trust_health: bool = True) -> bool:
+        if trust_health and self.health.ok is False:
             return False
         state = self.state(now)
         return state == CLOSED or (state == HALF_OPEN and not self.trial_out)
@@ -107,17 +107,24 @@ class ReplicaSet:
 
     def pick(self, avoid: set[int]) -> Replica | None:
         """The usable replica with the fewest requests in flight, preferring ones not in
-        `avoid` (those already tried for this request); None if none is usable."""
+        `avoid` (those already tried for this request); None if every breaker is open.
+
+        Replicas the health check found down come last, not never: a check can fail while the
+        server answers (a slow /models under load), and a real request tells; if the server is
+        down, its failures open the breaker."""
         now = time.monotonic()
+        return self._least_busy(now, avoid, True) or self._least_busy(now, avoid, False)
+
+    def _least_busy(self, now: float, avoid: set[int], trust_health: bool) -> Replica | None:
         if len(self.replicas) == 1:  # the common case, kept cheap
             only = self.replicas[0]
-            return only if only.usable(now) else None
+            return only if only.usable(now, trust_health) else None
         count = len(self.replicas)
         start, self._next = self._next, (self._next + 1) % count
         best: Replica | None = None
         for offset in range(count):
             replica = self.replicas[(start + offset) % count]
-            if not replica.usable(now):
+            if not replica.usable(now, trust_health):
                 continue
             key = (replica.index in avoid, replica.in_flight)
             if best is None or key < (best.index in avoid, best.in_flight):
@@ -126,6 +133,7 @@ class ReplicaSet:
 
     @property
     def any_up(self) -> bool:
-        """Whether a request could be sent now."""
+        """Whether a replica is up: its breaker lets requests through and the health check has
+        not found it down (what /readyz reports)."""
         now = time.monotonic()
         return any(replica.usable(now) for replica in self.replicas)

@@ -214,10 +214,14 @@ def test_the_least_busy_usable_replica_is_picked_and_tried_ones_last():
     assert chosen.pick(set()).index == 1  # one failure is not enough to take it out
     replicas[1].failed()
     assert states == [("x", 1, OPEN)] and chosen.pick(set()).index == 2
-    replicas[2].checked(False, "down")  # the health check's reading takes it out too
+    replicas[2].checked(False, "down")  # the health check's reading puts it last
     assert chosen.pick(set()).index == 0
     replicas[0].checked(False, "down")
-    assert chosen.pick(set()) is None and not chosen.any_up
+    # Only replicas the check found down are left: still tried (the check can be wrong), but
+    # the expert no longer counts as up for /readyz.
+    assert chosen.pick(set()).index == 2 and not chosen.any_up
+    replicas[2].failed(), replicas[2].failed(), replicas[0].failed(), replicas[0].failed()
+    assert chosen.pick(set()) is None  # every breaker open: nothing is sent
 
 
 # --- 429s ------------------------------------------------------------------------------------------
