@@ -33,7 +33,7 @@ def make_config(fake_url: str, backends: dict[str, object] | None = None, fallba
     ]  # fmt: skip
     return Config.model_validate({
         "experts": experts, "router": {"artifact": "/nonexistent", "confidence_threshold": 0.5}, "gateway": gateway,
-        "resilience": resilience or {"retries": {"backoff_s": 0.01}, "health_check": {"interval_s": 0.3, "timeout_s": 1}},
+        "resilience": resilience or {"retries": {"backoff_s": 0.01}, "health_check": {"interval_s": 0.3, "timeout_s": 5}},
     })  # fmt: skip
 
 
@@ -282,7 +282,8 @@ def test_client_facing_errors_name_no_backend_address(fake):
 
 def test_readyz_is_cached_and_shows_detail_only_to_authenticated_callers(fake):
     url, app = fake
-    config = make_config(url, api_keys=["sk-ops"], resilience={"health_check": {"interval_s": 60}})
+    # A generous check timeout: the fake shares this process, and a loaded machine can be slow to answer.
+    config = make_config(url, api_keys=["sk-ops"], resilience={"health_check": {"interval_s": 60, "timeout_s": 10}})
     with running_gateway(config) as gateway:
         before = app.state.model_list_calls
         for _ in range(100):
