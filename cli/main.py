@@ -14,12 +14,14 @@ import typer
 from expertmesh.cli.common import ConfigOption, fail, load_or_exit, stderr
 from expertmesh.cli.eval_commands import eval_app
 from expertmesh.cli.experts_commands import experts_app
+from expertmesh.cli.log_commands import log_app
 from expertmesh.cli.router_commands import router_app
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 app.add_typer(router_app, name="router")
 app.add_typer(experts_app, name="experts")
 app.add_typer(eval_app, name="eval")
+app.add_typer(log_app, name="log")
 
 
 @app.callback()
@@ -59,8 +61,11 @@ def serve(
         fail(str(exc))
     if workers > 1:
         policy = None  # it loads: each worker loads its own, and the supervisor keeps none (~260 MB)
-    run_gateway(cfg, policy, host=host or cfg.gateway.host, port=port if port is not None else cfg.gateway.port,
-                workers=workers)  # fmt: skip
+    try:
+        run_gateway(cfg, policy, host=host or cfg.gateway.host, port=port if port is not None else cfg.gateway.port,
+                    workers=workers)  # fmt: skip
+    except ValueError as exc:  # a setting that does not fit the worker count
+        fail(str(exc))
 
 
 @app.command()

@@ -29,6 +29,7 @@ def train(
     encoder: Annotated[str | None, typer.Option(help="embed-linear only: minilm, minilm-int8, minilm-static or minilm+static.")] = None,
     target_misroute: Annotated[float, typer.Option(help="Misroute rate the confidence threshold is chosen for.")] = 0.05,
     seed: Annotated[int, typer.Option(help="Seed for sampling, variants, splits and training.")] = 0,
+    extra_data: Annotated[Path | None, typer.Option(help='More {"text", "domain"} rows to train on, as they are: e.g. `expertmesh log export`\'s, from the gateway\'s own traffic.')] = None,
 ) -> None:
     """Train the router on the vendored data, calibrate it, and write its report (md, json, PNG).
 
@@ -55,8 +56,20 @@ def train(
     if encoder is not None and encoder not in ENCODERS:
         fail(f"unknown encoder '{encoder}'; known encoders: {sorted(ENCODERS)}")
     settings = settings_type(**{k: v for k, v in chosen.items() if v is not None and k in known})
-    report = train_and_report(cfg, folder, settings, stderr, kind)
+    extra = _read_extra(extra_data, cfg.domains) if extra_data is not None else []
+    report = train_and_report(cfg, folder, settings, stderr, kind, extra)
     _print_summary(report, folder)
+
+
+def _read_extra(path: Path, domains: list[str]) -> list:
+    from expertmesh.router.data import DataError, read_examples
+
+    try:
+        rows = read_examples(path, domains)
+    except DataError as exc:
+        fail(f"--extra-data: {exc}")
+    stderr.print(f"Training on {len(rows)} more rows from {path}.")
+    return [row if row.source else dataclasses.replace(row, source="extra") for row in rows]
 
 
 def _print_summary(report: dict, folder: Path) -> None:

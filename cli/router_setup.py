@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from rich.console import Console
@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from expertmesh.config import Config
 from expertmesh.router.classifier import ArtifactError, load_classifier, read_manifest
+from expertmesh.router.data import Example
 from expertmesh.router.finetune import FinetuneResult, FinetuneSettings, train_finetune
 from expertmesh.router.policy import RoutingPolicy
 from expertmesh.router.training import TrainResult, TrainSettings, current_fingerprint, train_embed_linear
@@ -26,7 +27,7 @@ SETTINGS: dict[str, type[TrainSettings | FinetuneSettings]] = {"embed-linear": T
 
 
 def train_with_progress(
-    kind: str, out: Path, domains: list[str], settings: TrainSettings, console: Console
+    kind: str, out: Path, domains: list[str], settings: TrainSettings, console: Console, extra: Sequence[Example] = ()
 ) -> TrainResult:
     trainer = TRAINERS[kind]
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
@@ -38,15 +39,17 @@ def train_with_progress(
             settings,
             on_start=lambda n: progress.update(task, total=n),
             on_embedded=lambda n: progress.advance(task, n),
+            extra=extra,
         )
 
 
-def train_and_report(config: Config, out: Path, settings: TrainSettings, console: Console, kind: str | None = None) -> dict:
-    """Train, then measure what the router will face (held-out sources, robustness slices,
-    multi-turn, the written dev set; for embed-linear also a random split and
-    leave-one-source-out) and write report.json, report.md and plots into `out`."""
+def train_and_report(config: Config, out: Path, settings: TrainSettings, console: Console, kind: str | None = None,
+                     extra: Sequence[Example] = ()) -> dict:  # fmt: skip
+    """Train (on the vendored data, plus `extra` rows), then measure what the router will face
+    (held-out sources, robustness slices, multi-turn, the written dev set; for embed-linear also a
+    random split and leave-one-source-out) and write report.json, report.md and plots into `out`."""
     kind = kind or config.router.kind
-    result = train_with_progress(kind, out, config.domains, settings, console)
+    result = train_with_progress(kind, out, config.domains, settings, console, extra)
     return evaluate_and_report(config, out, result, settings, console, kind)
 
 

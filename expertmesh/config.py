@@ -223,11 +223,41 @@ class ResilienceConfig(_Strict):
     health_check: HealthCheckConfig = Field(default_factory=HealthCheckConfig)
 
 
+class KeyConfig(_Strict):
+    """A named API key: what it may use and how fast. Unset limits: none."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@-]*$")  # in the decision log and metrics
+    key: str = Field(min_length=1)  # the secret clients send; write ${VAR} to read it from the environment
+    experts: list[str] = Field(default_factory=list)  # the experts it may use; empty: all
+    requests_per_minute: int | None = Field(default=None, ge=1)
+    tokens_per_minute: int | None = Field(default=None, ge=1)  # prompt + completion tokens
+
+    @field_validator("key", mode="before")
+    @classmethod
+    def _not_empty(cls, key: object) -> object:
+        if key == "":
+            raise ValueError("the key is empty (is its environment variable set?)")
+        return key
+
+    @property
+    def limited(self) -> bool:
+        return self.requests_per_minute is not None or self.tokens_per_minute is not None
+
+
 class GatewayConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
-    # Empty: no authentication. Otherwise clients send "Authorization: Bearer <key>".
+    # No keys at all: no authentication. Otherwise clients send "Authorization: Bearer <key>".
+    # api_keys: plain keys with no name, limits or expert list (named "key-1", "key-2", ...).
     api_keys: list[str] = Field(default_factory=list)
+    keys: list[KeyConfig] = Field(default_factory=list)
+    # Where the per-key limits are counted: unset, in each gateway process (one process only);
+    # redis://host:port/db to share them between worker processes and gateway replicas.
+    redis_url: str | None = Field(default=None, pattern=r"^rediss?://")
+    # A key may spend this many seconds' worth of its per-minute limits at once (OpenAI, too,
+    # enforces a per-minute limit over shorter periods): 600 requests/minute with 10 s is a burst
+    # of 100, then 10 a second.
+    rate_limit_burst_s: float = Field(default=10.0, gt=0, le=60)
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     # Model names that clients send -> "auto" or an expert: for clients with a fixed model name
     # (e.g. {"gpt-4o": "auto"}).
@@ -240,12 +270,32 @@ class GatewayConfig(_Strict):
     # stream's error event) after it.
     request_timeout_s: float = Field(default=600.0, gt=0)
 
+    @field_validator("redis_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, url: object) -> object:
+        return None if url == "" else url  # "${REDIS_URL:-}" with the variable unset
+
     @field_validator("api_keys")
     @classmethod
     def _no_empty_keys(cls, keys: list[str]) -> list[str]:
         if any(not key for key in keys):
             raise ValueError("an API key is empty (is its environment variable set?)")
         return keys
+
+    @model_validator(mode="after")
+    def _unique_keys(self) -> GatewayConfig:
+        names = [key.name for key in self.keys]
+        secrets = [key.key for key in self.keys] + self.api_keys
+        if len(set(names)) != len(names):
+            raise ValueError(f"keys: duplicate key name(s) {sorted({n for n in names if names.count(n) > 1})}")
+        if len(set(secrets)) != len(secrets):
+            raise ValueError("keys: two keys (in keys or api_keys) have the same secret")
+        return self
+
+    def all_keys(self) -> list[KeyConfig]:
+        """The named keys, then the plain api_keys as unnamed, unlimited keys."""
+        plain = [KeyConfig(name=f"key-{i}", key=key) for i, key in enumerate(self.api_keys, 1)]
+        return [*self.keys, *plain]
 
 
 class EmbeddedConfig(_Strict):
@@ -280,6 +330,37 @@ class VllmConfig(_Strict):
         return path.expanduser() if path is not None else None
 
 
+class LogConfig(_Strict):
+    """The decision log: one record per request (what was routed where, how sure, how it went),
+    written in batches off the request path. For retraining the router and for answering
+    "what went to the legal expert yesterday"."""
+
+    enabled: bool = True
+    # sqlite:///path/file.db (embedded; default $EXPERTMESH_HOME/decisions.db) or
+    # postgresql://user:password@host:port/db (several gateway replicas writing to one log).
+    url: str | None = Field(default=None, pattern=r"^(sqlite:///|postgres(ql)?://)")
+    store_text: bool = False  # keep the routed text (the last user turn): needed by `log export`
+    # Records are written at least this often: a gateway killed at once loses at most this much.
+    flush_interval_s: float = Field(default=0.5, gt=0, le=5)
+    # Records waiting beyond this (a database down for long) are dropped, and counted.
+    max_pending: int = Field(default=100_000, ge=1000)
+
+    def database_url(self) -> str:
+        return self.url or f"sqlite:///{paths.home() / 'decisions.db'}"
+
+
+class TracingConfig(_Strict):
+    """OpenTelemetry spans for each request, its routing decision and each expert call; the
+    W3C traceparent goes on to the experts (vLLM continues the trace when it traces)."""
+
+    enabled: bool = False
+    # OTLP over HTTP, e.g. http://127.0.0.1:4318/v1/traces (a collector, Jaeger, Tempo).
+    # Unset: $OTEL_EXPORTER_OTLP_TRACES_ENDPOINT / $OTEL_EXPORTER_OTLP_ENDPOINT, else no export.
+    otlp_endpoint: HttpUrl | None = None
+    service_name: str = "expertmesh-gateway"
+    sample_ratio: float = Field(default=1.0, ge=0, le=1)  # of traces started here (a caller's sampled flag is kept)
+
+
 class Config(_Strict):
     domains: list[str] = Field(default_factory=lambda: list(DEFAULT_DOMAINS), min_length=2)
     experts: list[ExpertConfig] = Field(min_length=1)
@@ -289,6 +370,8 @@ class Config(_Strict):
     vllm: VllmConfig = Field(default_factory=VllmConfig)
     fanout: FanoutConfig = Field(default_factory=FanoutConfig)
     resilience: ResilienceConfig = Field(default_factory=ResilienceConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
 
     @model_validator(mode="after")
     def _check_cross_references(self) -> Config:
@@ -333,6 +416,10 @@ class Config(_Strict):
         for alias, target in self.gateway.model_aliases.items():
             if target != AUTO_MODEL and target not in names:
                 raise ValueError(f"gateway.model_aliases.{alias}: unknown target '{target}'; expected 'auto' or one of {names}")
+        for index, key in enumerate(self.gateway.keys):
+            unknown_experts = [name for name in key.experts if name not in names]
+            if unknown_experts:
+                raise ValueError(f"gateway.keys[{index}].experts: unknown expert(s) {unknown_experts}; expected some of {names}")
         if self.fanout.aggregator is not None and self.fanout.aggregator not in names:
             raise ValueError(f"fanout.aggregator: unknown expert '{self.fanout.aggregator}'; expected one of {names}")
         return self

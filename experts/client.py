@@ -19,7 +19,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 from urllib.request import getproxies_environment, proxy_bypass_environment
 
@@ -40,6 +40,9 @@ from expertmesh.experts.errors import (
 )
 from expertmesh.experts.prompts import ExpertPrompt
 from expertmesh.experts.replicas import Replica, ReplicaSet, StateListener
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span, Tracer
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +154,9 @@ class ExpertClient:
         self.replicas = ReplicaSet([Replica(config.name, index, url, resilience.circuit_breaker, on_state)
                                     for index, url in enumerate(base_urls)])  # fmt: skip
         self.on_retry = on_retry
+        # An OpenTelemetry tracer (gateway/tracing.py) when tracing is on: a span per try, and
+        # its W3C traceparent sent along, so the expert's server can continue the trace.
+        self.tracer: Tracer | None = None
         self.prompt = ExpertPrompt(config)
         self._headers = dict(JSON_HEADERS)
         if config.api_key:
@@ -254,6 +260,32 @@ class ExpertClient:
             return RequestTimedOut(self.name, "the request used up the gateway's time limit")
         return exc
 
+    def _start_span(self, replica: Replica, path: str, attempt: int) -> tuple[Span | None, dict[str, str] | None]:
+        """A span for one try (a child of the current one: the gateway's request span) and the
+        headers that carry it to the expert; (None, None) when tracing is off."""
+        if self.tracer is None:
+            return None, None
+        from opentelemetry import trace
+        from opentelemetry.propagate import inject
+
+        span = self.tracer.start_span(f"expert {self.name}", kind=trace.SpanKind.CLIENT, attributes={
+            "expertmesh.expert": self.name, "expertmesh.replica": replica.index, "expertmesh.attempt": attempt,
+            "server.address": replica.base_url, "url.path": path, "gen_ai.request.model": self.config.model})  # fmt: skip
+        headers: dict[str, str] = {}
+        inject(headers, context=trace.set_span_in_context(span))
+        return span, headers
+
+    @staticmethod
+    def _end_span(span: Span | None, error: BaseException | None = None) -> None:
+        if span is None:
+            return
+        if isinstance(error, ExpertError):
+            from opentelemetry.trace import Status, StatusCode
+
+            span.set_attribute("error.type", error.kind)
+            span.set_status(Status(StatusCode.ERROR, str(error)))
+        span.end()
+
     # --- the calls ----------------------------------------------------------------------------
 
     async def complete(
@@ -268,7 +300,7 @@ class ExpertClient:
             replica = self._choose(tried, error)
             tried.add(replica.index)
             try:
-                return await self._complete_once(replica, data, path, deadline)
+                return await self._complete_once(replica, data, path, deadline, attempt)
             except ExpertError as exc:
                 error = self._timed_out(exc, deadline)
                 if isinstance(error, RequestTimedOut) or not await self._before_retry(
@@ -277,26 +309,30 @@ class ExpertClient:
                     raise error from exc
         raise AssertionError("unreachable")
 
-    async def _complete_once(self, replica: Replica, data: bytes, path: str, deadline: float | None) -> dict[str, Any]:
+    async def _complete_once(self, replica: Replica, data: bytes, path: str, deadline: float | None,
+                             attempt: int = 0) -> dict[str, Any]:  # fmt: skip
         timeout = self._attempt_timeout(deadline, self.config.timeout_s)
+        span, headers = self._start_span(replica, path, attempt)
         replica.acquire(time.monotonic())
         try:
-            answer = await self._post_json(replica, data, path, timeout)
-        except ExpertError as exc:
-            self._settle(replica, exc)
-            raise
+            answer = await self._post_json(replica, data, path, timeout, headers)
+        except BaseException as exc:
+            self._end_span(span, exc)
+            if isinstance(exc, ExpertError):
+                self._settle(replica, exc)
+            raise  # cancelled: the client went away, which says nothing about the replica
         else:
+            self._end_span(span)
             self._settle(replica, None)
             return answer
-        finally:  # a cancelled call (the client went away) says nothing about the replica
+        finally:
             replica.release()
 
-    async def _post_json(
-        self, replica: Replica, data: bytes, path: str, timeout: aiohttp.ClientTimeout
-    ) -> dict[str, Any]:
+    async def _post_json(self, replica: Replica, data: bytes, path: str, timeout: aiohttp.ClientTimeout,
+                         headers: dict[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
         try:
             async with self._http().post(replica.base_url + path, data=data, proxy=self._proxies[replica.index],
-                                         timeout=timeout) as response:  # fmt: skip
+                                         timeout=timeout, headers=headers) as response:  # fmt: skip
                 status, content, headers = response.status, await response.read(), response.headers
         except Exception as exc:
             raise _translate(self.name, exc) from exc
@@ -318,12 +354,14 @@ class ExpertClient:
         for attempt in itertools.count():
             replica = self._choose(tried, error)
             tried.add(replica.index)
+            span, headers = self._start_span(replica, path, attempt)
             replica.acquire(time.monotonic())
             try:
-                response, lines = await self._open_stream(replica, data, path, deadline)
+                response, lines = await self._open_stream(replica, data, path, deadline, headers)
                 break
             except BaseException as exc:
                 replica.release()
+                self._end_span(span, exc)
                 if not isinstance(exc, ExpertError):
                     raise  # cancelled: the client went away
                 self._settle(replica, exc)
@@ -333,21 +371,27 @@ class ExpertClient:
                 ):
                     raise error from exc
         self._settle(replica, None)  # it answered: whatever happens next is not retried
+        failure: BaseException | None = None
         try:
             yield lines
         except aiohttp.ClientError as exc:
-            raise _translate(self.name, exc) from exc
+            failure = _translate(self.name, exc)
+            raise failure from exc
+        except BaseException as exc:
+            failure = exc
+            raise
         finally:
+            self._end_span(span, failure)  # the span covers the whole stream
             replica.release()
             # Back to the pool if the stream was read to its end; closed otherwise (a client
             # that went away mid-stream must not leave a half-read connection in the pool).
             response.release()
 
-    async def _open_stream(self, replica: Replica, data: bytes, path: str,
-                           deadline: float | None) -> tuple[aiohttp.ClientResponse, AsyncIterator[bytes]]:  # fmt: skip
+    async def _open_stream(self, replica: Replica, data: bytes, path: str, deadline: float | None,
+                           headers: dict[str, str] | None = None) -> tuple[aiohttp.ClientResponse, AsyncIterator[bytes]]:  # fmt: skip
         try:
             response = await self._http().post(replica.base_url + path, data=data, proxy=self._proxies[replica.index],
-                                               timeout=self._attempt_timeout(deadline, None))  # fmt: skip
+                                               timeout=self._attempt_timeout(deadline, None), headers=headers)  # fmt: skip
         except ExpertError:
             raise
         except Exception as exc:

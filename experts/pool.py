@@ -36,6 +36,11 @@ class ExpertPool:
                 replica.on_state = on_state
                 on_state(client.name, replica.index, replica.state())
 
+    def trace(self, tracer) -> None:
+        """Trace every expert call with `tracer` (an OpenTelemetry Tracer; gateway/tracing.py)."""
+        for client in self.clients.values():
+            client.tracer = tracer
+
     def get(self, name: str) -> ExpertClient | None:
         return self.clients.get(name)
 

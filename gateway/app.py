@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import hmac
+import asyncio
 import logging
 import time
 from contextlib import asynccontextmanager
@@ -14,21 +14,26 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from expertmesh.config import Config
+from expertmesh.config import AUTO_MODEL, Config, KeyConfig
 from expertmesh.experts.pool import ExpertPool
 from expertmesh.gateway import openapi
+from expertmesh.gateway.decision_log import DecisionLog
 from expertmesh.gateway.errors import APIError, from_validation_error
 from expertmesh.gateway.health import HealthMonitor
+from expertmesh.gateway.keys import KeyRing, rate_limit_error
 from expertmesh.gateway.limits import BodySizeLimit
 from expertmesh.gateway.metrics import GatewayMetrics
 from expertmesh.gateway.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
+    FeedbackRequest,
     ResponsesRequest,
     RouteRequest,
     out_of_range_integer,
 )
-from expertmesh.gateway.serving import ChatService, decision_headers
+from expertmesh.gateway.recording import RequestRecorder
+from expertmesh.gateway.serving import Caller, ChatService, decision_headers
+from expertmesh.gateway.tracing import RequestTracer, build_tracer_provider
 from expertmesh.router.policy import RoutingPolicy
 
 log = logging.getLogger(__name__)
@@ -44,25 +49,31 @@ Service = Annotated[ChatService, Depends(_service)]
 
 
 def _has_valid_key(request: Request) -> bool:
-    keys: list[bytes] = request.app.state.api_keys
-    if not keys:
-        return True
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    # compare_digest against every key: the time taken does not reveal which key was close
-    return scheme.lower() == "bearer" and any([hmac.compare_digest(token.encode(), key) for key in keys])
+    keys: KeyRing = request.app.state.keys
+    return keys.identify(request.headers.get("authorization", "")) is not None
 
 
-async def _authenticate(request: Request) -> None:
-    if not _has_valid_key(request):
-        raise APIError(
-            401,
-            "invalid or missing API key: send 'Authorization: Bearer <key>'",
-            code="invalid_api_key",
-            headers={"www-authenticate": "Bearer"},
-        )
+async def _authenticate(request: Request) -> KeyConfig:
+    """The caller's key (401 without a valid one), noted in the request's record."""
+    key = request.app.state.keys.authenticate(request.headers.get("authorization", ""))
+    request.state.key = key
+    request.state.record.key_name = key.name
+    return key
+
+
+async def _admit(request: Request) -> Caller:
+    """Authenticate, then take one request from the key's limits (429 past them)."""
+    key = await _authenticate(request)
+    refusal = await request.app.state.keys.admit(key)
+    if refusal is not None:
+        request.app.state.service.metrics.rate_limited.labels(key.name, refusal.limit).inc()
+        raise rate_limit_error(key, refusal)
+    return Caller(key, request.state.record)
 
 
 Authenticated = Depends(_authenticate)
+Admitted = Annotated[Caller, Depends(_admit)]
+Key = Annotated[KeyConfig, Depends(_authenticate)]
 
 
 async def _parse(request: Request, model: type):
@@ -80,66 +91,105 @@ async def _parse(request: Request, model: type):
     return parsed
 
 
-def build_app(config: Config, policy: RoutingPolicy | None, experts: ExpertPool) -> FastAPI:
-    """The gateway app; the caller owns the router and the expert pool it is given."""
+def build_app(config: Config, policy: RoutingPolicy | None, experts: ExpertPool, span_exporter=None) -> FastAPI:
+    """The gateway app; the caller owns the router and the expert pool it is given.
+    span_exporter: where tracing's spans go instead of OTLP (tests: an in-memory exporter)."""
 
     health = HealthMonitor(config, experts)
+    metrics = GatewayMetrics()
+    keys = KeyRing(config.gateway)
+    decisions = DecisionLog(config.log, metrics.log_dropped.inc) if config.log.enabled else None
+    tracer = RequestTracer(build_tracer_provider(config.tracing, span_exporter)) if config.tracing.enabled else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        if decisions is not None:
+            await asyncio.to_thread(decisions.start)  # a database that cannot be opened stops start-up
         await health.start()
         try:
             yield
         finally:
             await health.stop()
             await experts.aclose()
+            await keys.aclose()
+            if decisions is not None:
+                await asyncio.to_thread(decisions.stop)  # everything queued is written
+            if tracer is not None:
+                tracer.shutdown()
 
     app = FastAPI(title="expertmesh gateway", version="0.1.0", lifespan=lifespan, responses=openapi.ERROR_RESPONSES)
-    metrics = GatewayMetrics()
     experts.listen(metrics.replica_changed, metrics.retried)
+    if tracer is not None:
+        experts.trace(tracer.tracer)
     app.state.service = ChatService(policy, experts, config.router.fallback_expert, config.fanout,
-                                    config.gateway.model_aliases, metrics, config.gateway.request_timeout_s)  # fmt: skip
-    app.state.api_keys = [key.encode() for key in config.gateway.api_keys]
+                                    config.gateway.model_aliases, metrics, config.gateway.request_timeout_s,
+                                    config.log.store_text, tracer.tracer if tracer else None)  # fmt: skip
+    app.state.keys = keys
+    app.state.decisions = decisions
     app.add_middleware(BodySizeLimit, max_bytes=config.gateway.max_body_bytes)
+    # Outermost: every response, a 413 or a 401 included, carries the request's id and is logged.
+    app.add_middleware(RequestRecorder, decisions=decisions, tracer=tracer, keys=keys)
     _add_error_handlers(app)
 
-    @app.post("/v1/chat/completions", dependencies=[Authenticated], **openapi.post_route(ChatCompletionRequest, "ChatCompletion"))
-    async def chat_completions(request: Request, service: Service) -> Response:
+    @app.post("/v1/chat/completions", **openapi.post_route(ChatCompletionRequest, "ChatCompletion"))
+    async def chat_completions(request: Request, service: Service, caller: Admitted) -> Response:
         """Answer a chat request with the routed (model "auto") or the named expert."""
-        return await service.chat(await _parse(request, ChatCompletionRequest), request.is_disconnected)
+        return await service.chat(await _parse(request, ChatCompletionRequest), request.is_disconnected, caller)
 
-    @app.post("/v1/completions", dependencies=[Authenticated], **openapi.post_route(CompletionRequest, "Completion"))
-    async def completions(request: Request, service: Service) -> Response:
+    @app.post("/v1/completions", **openapi.post_route(CompletionRequest, "Completion"))
+    async def completions(request: Request, service: Service, caller: Admitted) -> Response:
         """A legacy completion of a raw prompt; model "auto" routes on the prompt."""
-        return await service.completions(await _parse(request, CompletionRequest))
+        return await service.completions(await _parse(request, CompletionRequest), caller)
 
-    @app.post("/v1/responses", dependencies=[Authenticated], **openapi.post_route(ResponsesRequest, "Response"))
-    async def responses(request: Request, service: Service) -> Response:
+    @app.post("/v1/responses", **openapi.post_route(ResponsesRequest, "Response"))
+    async def responses(request: Request, service: Service, caller: Admitted) -> Response:
         """The Responses API; model "auto" routes on the input."""
-        return await service.responses(await _parse(request, ResponsesRequest))
+        return await service.responses(await _parse(request, ResponsesRequest), caller)
 
-    @app.post("/v1/route", dependencies=[Authenticated], **openapi.post_route(RouteRequest, "RoutingDecision", stream=False))
-    async def route(request: Request, service: Service) -> Response:
+    @app.post("/v1/route", **openapi.post_route(RouteRequest, "RoutingDecision", stream=False))
+    async def route(request: Request, service: Service, caller: Admitted) -> Response:
         """The routing decision alone, without asking an expert."""
         body: RouteRequest = await _parse(request, RouteRequest)
         messages = [{"role": "user", "content": body.text}] if body.text is not None else [m.model_dump() for m in body.messages]
-        decision = await service.route(messages)
+        decision = await service.decide(AUTO_MODEL, messages, caller)
         return JSONResponse(decision.to_dict(), headers=decision_headers(decision))
+
+    @app.post("/v1/feedback", **openapi.post_route(FeedbackRequest, "FeedbackRecorded", stream=False))
+    async def feedback(request: Request, key: Key) -> JSONResponse:
+        """A rating of an answer, or the domain it should have gone to, for a logged request id
+        (the x-request-id of its response): corrections become training rows (`log export`)."""
+        body: FeedbackRequest = await _parse(request, FeedbackRequest)
+        if body.domain is not None and body.domain not in config.domains:
+            raise APIError(400, f"invalid request: domain: unknown domain '{body.domain}'; expected one of {config.domains}",
+                           param="domain", code="invalid_request")  # fmt: skip
+        if decisions is None:
+            raise APIError(409, "the decision log is off (log.enabled: false): there is nothing to give feedback on",
+                           code="log_disabled")  # fmt: skip
+        args = (body.request_id, key.name, body.rating, body.domain, body.comment)
+        recorded = await asyncio.to_thread(decisions.add_feedback, *args)
+        shared = config.gateway.workers > 1 or not decisions.url.startswith("sqlite")
+        if not recorded and shared:  # another worker or replica may not have written it yet: again after its next write
+            await asyncio.sleep(2 * config.log.flush_interval_s)
+            recorded = await asyncio.to_thread(decisions.add_feedback, *args)
+        if not recorded:
+            raise APIError(404, f"no logged request has the id '{body.request_id}'", param="request_id",
+                           code="request_not_found")  # fmt: skip
+        return JSONResponse({"object": "feedback", "request_id": body.request_id, "recorded": True})
 
     started = int(time.time())  # the models' "created": when this gateway started serving them
 
     def model_card(model_id: str) -> dict:
         return {"id": model_id, "object": "model", "created": started, "owned_by": "expertmesh"}
 
-    @app.get("/v1/models", dependencies=[Authenticated])
-    async def models(service: Service) -> dict:
-        """The auto model, every expert and every alias, in OpenAI's list format."""
-        return {"object": "list", "data": [model_card(m) for m in service.model_ids]}
+    @app.get("/v1/models")
+    async def models(service: Service, key: Key) -> dict:
+        """The auto model, and every expert and alias the key may use, in OpenAI's list format."""
+        return {"object": "list", "data": [model_card(m) for m in service.model_ids_for(key)]}
 
-    @app.get("/v1/models/{model_id:path}", dependencies=[Authenticated])
-    async def model(model_id: str, service: Service) -> dict:
+    @app.get("/v1/models/{model_id:path}")
+    async def model(model_id: str, service: Service, key: Key) -> dict:
         """One model, as the OpenAI SDK's models.retrieve asks for it."""
-        if model_id not in service.model_ids:
+        if model_id not in service.model_ids_for(key):
             raise APIError(404, f"The model '{model_id}' does not exist", param="model", code="model_not_found")
         return model_card(model_id)
 
@@ -168,7 +218,7 @@ def build_app(config: Config, policy: RoutingPolicy | None, experts: ExpertPool)
         for method in ("GET", "HEAD"):
             app.add_api_route(path, probe, methods=[method], operation_id=f"{method.lower()}_{path[1:]}", **extra)
 
-    openapi.document_schemas(app, [ChatCompletionRequest, CompletionRequest, ResponsesRequest, RouteRequest],
+    openapi.document_schemas(app, [ChatCompletionRequest, CompletionRequest, ResponsesRequest, RouteRequest, FeedbackRequest],
                              app.state.service.model_ids)
     return app
 

@@ -72,6 +72,14 @@ class GatewayMetrics:
             "expertmesh_circuit_opened", "Times a replica was taken out after repeated failures",
             ["expert", "replica"], registry=target,
         )  # fmt: skip
+        self.rate_limited = Counter(
+            "expertmesh_rate_limited", "Requests refused by a key's limit (requests or tokens per minute)",
+            ["key", "limit"], registry=target,
+        )  # fmt: skip
+        self.log_dropped = Counter(
+            "expertmesh_decision_log_dropped", "Decision-log records dropped because the database was away too long",
+            registry=target,
+        )  # fmt: skip
         if self.multiprocess:
             from prometheus_client import multiprocess
 

@@ -125,6 +125,24 @@ class RouteRequest(BaseModel):
         return self
 
 
+class FeedbackRequest(BaseModel):
+    """POST /v1/feedback: a rating of a logged request's answer, the domain it should have been
+    routed to, or both (with an optional comment)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    request_id: str = Field(min_length=1, max_length=128, description="The x-request-id of the response")
+    rating: int | None = Field(default=None, ge=-1, le=1, description="-1 bad, 0 neutral, 1 good")
+    domain: str | None = Field(default=None, min_length=1, description="The domain the request belonged to")
+    comment: str | None = Field(default=None, max_length=2000)
+
+    @model_validator(mode="after")
+    def _says_something(self) -> FeedbackRequest:
+        if self.rating is None and self.domain is None:
+            raise ValueError("give a 'rating', a corrected 'domain', or both")
+        return self
+
+
 class CompletionRequest(BaseModel):
     """POST /v1/completions, the legacy completions API: a raw prompt, no roles."""
 

@@ -41,6 +41,11 @@ def run_gateway(config: Config, policy: RoutingPolicy | None, host: str, port: i
     One worker serves with `policy` (None: named experts only). With several, each worker loads
     the router from `router.artifact` itself, and `policy` is not used (pass None).
     """
+    limited = [key.name for key in config.gateway.keys if key.limited]
+    if workers > 1 and limited and not config.gateway.redis_url:
+        # Each process would count on its own: a key would get up to `workers` times its limits.
+        raise ValueError(f"gateway.keys: keys {limited} have limits, which {workers} worker processes can only share "
+                         "through Redis: set gateway.redis_url (or run one worker)")
     # uvicorn handles SIGTERM itself, then re-raises it once it has shut down; turning
     # that into SystemExit lets the ExitStack below stop the child processes.
     signal.signal(signal.SIGTERM, _exit_quietly)

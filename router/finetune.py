@@ -29,7 +29,7 @@ import numpy as np
 from expertmesh.router.calibration import softmax
 from expertmesh.router.classifier import MANIFEST, ArtifactError, read_manifest
 from expertmesh.router.corpus import CorpusSettings, TrainingSplit, build_split
-from expertmesh.router.data import fingerprint, training_files, vendored_data_dir
+from expertmesh.router.data import Example, fingerprint, training_files, vendored_data_dir
 from expertmesh.router.encoder import ENCODER_NAME, HEAD_SHARE, minilm_path
 from expertmesh.router.text import bounded
 from expertmesh.router.training import held_out_report_for
@@ -288,11 +288,16 @@ def train_finetune(
     data_dir: Path | None = None,
     on_start: Callable[[int], None] | None = None,
     on_embedded: Callable[[int], None] | None = None,
+    extra: Sequence[Example] = (),
 ) -> FinetuneResult:
     """Fine-tune without the held-out sources, calibrate on them, and write the artifact folder
-    (model.onnx, tokenizer.json, manifest.json, metrics.json)."""
+    (model.onnx, tokenizer.json, manifest.json, metrics.json). `extra`: more labelled rows to
+    train on as they are (e.g. `expertmesh log export`'s, from the gateway's traffic)."""
     data_dir = data_dir or vendored_data_dir()
     split = build_split(data_dir, domains, settings)
+    if extra:
+        split.train += list(extra)
+        split.origins["extra data"] = len(extra)
     labels = [d for d in domains if any(e.domain == d for e in split.train)]
     tmp = out.with_name(out.name + ".tmp")  # the artifact is assembled here, then renamed
     shutil.rmtree(tmp, ignore_errors=True)
@@ -321,6 +326,7 @@ def finish_artifact(tmp: Path, out: Path, labels: list[str], settings: FinetuneS
         "settings": asdict(settings),
         "train_examples": facts["train_rows"],
         "rows_by_origin": split.origins,
+        "extra_examples": split.origins.get("extra data", 0),
         **{k: facts[k] for k in ("train_seconds", "steps", "best_dev_macro_f1", "torch_threads")},
         "onnx": "int8" if chosen == ONNX_FILE else "fp32",
         "temperature": calibration["temperature"],

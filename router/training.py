@@ -17,7 +17,7 @@ import random
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -156,10 +156,13 @@ def train_embed_linear(
     data_dir: Path | None = None,
     on_start: Callable[[int], None] | None = None,
     on_embedded: Callable[[int], None] | None = None,
+    extra: Sequence[Example] = (),
 ) -> TrainResult:
-    """Train, calibrate on the held-out sources, and write the artifact folder."""
+    """Train, calibrate on the held-out sources, and write the artifact folder. `extra`: more
+    labelled rows to train on as they are (e.g. `expertmesh log export`'s, from the gateway's traffic)."""
     data_dir = data_dir or vendored_data_dir()
-    examples = build_examples(data_dir, domains, settings)
+    examples = build_examples(data_dir, domains, settings) + [replace(e, origin=e.origin or f"{e.domain}/{e.source}")
+                                                               for e in extra]  # fmt: skip
     labels = [d for d in domains if any(e.domain == d for e in examples)]
     if on_start:
         on_start(len(examples))
@@ -180,6 +183,7 @@ def train_embed_linear(
         "data_fingerprint": fingerprint(training_files(data_dir), **asdict(settings)),
         "settings": asdict(settings),
         "train_examples": len(examples),
+        "extra_examples": len(extra),
         "originals": int(corpus.original.sum()),
         "examples_per_domain": dict(Counter(e.domain for e in examples)),
         "embed_seconds": round(embed_seconds, 1),

@@ -51,6 +51,7 @@ def build_fake_app(models: list[str] | None = None, delay_s: float = 0.0) -> Fas
     app.state.per_model = {}
     app.state.disconnects = 0  # requests whose client went away while the fake was still "thinking"
     app.state.model_list_calls = 0  # GET /v1/models: what health checks cost the expert
+    app.state.traceparents = []  # the W3C traceparent header of every chat request (None if absent)
 
     @app.get("/health")
     @app.get("/v1/health")
@@ -67,6 +68,7 @@ def build_fake_app(models: list[str] | None = None, delay_s: float = 0.0) -> Fas
     async def chat(request: Request) -> Response:
         body = orjson.loads(await request.body())
         app.state.requests.append(body)
+        app.state.traceparents.append(request.headers.get("traceparent"))
         query = _last_user(body["messages"])
         rule = app.state.per_model.get(body.get("model"), {})
         failing = rule.get("failures", 0) > 0

@@ -97,14 +97,22 @@ def experts_with_backends(config: dict, backends: dict[str, list[str]]) -> dict:
 @contextmanager
 def gateway_process(config: dict, folder: Path) -> Iterator[str]:
     """`expertmesh serve` on `config` (the shipped router routes): yields its URL."""
+    with gateway_and_process(config, folder) as (url, _):
+        yield url
+
+
+@contextmanager
+def gateway_and_process(config: dict, folder: Path) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`expertmesh serve` on `config` (its `gateway` section kept, on a free port of 127.0.0.1):
+    yields its URL and its process."""
     port = free_port()
     path = folder / f"gateway-{port}.yaml"
-    path.write_text(yaml.safe_dump({**config, "gateway": {"host": "127.0.0.1", "port": port}}))
+    path.write_text(yaml.safe_dump({**config, "gateway": {**config.get("gateway", {}), "host": "127.0.0.1", "port": port}}))
     process = subprocess.Popen([sys.executable, "-m", "expertmesh.cli", "serve", "--config", str(path)])
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_for(f"{url}/healthz", process)
-        yield url
+        yield url, process
     finally:
         _stop(process)
 

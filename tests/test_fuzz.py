@@ -26,6 +26,7 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 KEY = "sk-fuzz"
 OPERATIONS = [
     ("POST", "/v1/chat/completions"), ("POST", "/v1/completions"), ("POST", "/v1/responses"), ("POST", "/v1/route"),
+    ("POST", "/v1/feedback"),
     ("GET", "/v1/models"), ("GET", "/v1/models/{model_id}"), ("GET", "/metrics"),
     ("GET", "/healthz"), ("HEAD", "/healthz"), ("GET", "/health"), ("HEAD", "/health"),
     ("GET", "/readyz"), ("HEAD", "/readyz"),
