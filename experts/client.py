@@ -269,8 +269,8 @@ class ExpertClient:
         from opentelemetry.propagate import inject
 
         span = self.tracer.start_span(f"expert {self.name}", kind=trace.SpanKind.CLIENT, attributes={
-            "expertmesh.expert": self.name, "expertmesh.replica": replica.index, "expertmesh.attempt": attempt,
-            "server.address": replica.base_url, "url.path": path, "gen_ai.request.model": self.config.model})  # fmt: skip
+            "expertmesh.replica": replica.index, "expertmesh.attempt": attempt, "url.full": replica.base_url + path,
+            "gen_ai.request.model": self.config.model})  # fmt: skip
         headers: dict[str, str] = {}
         inject(headers, context=trace.set_span_in_context(span))
         return span, headers

@@ -79,7 +79,6 @@ class RequestRecord:
         """The routing decision (router/decision.py); `text` is kept only if log.store_text is on."""
         self.expert, self.routed_by, self.domain = decision.expert, decision.routed_by, decision.domain
         self.confidence, self.scores = decision.confidence, decision.scores or None
-        self.answered_by = self.answered_by or decision.expert
         self.text = text
 
     def used(self, usage: Any) -> None:
@@ -113,7 +112,7 @@ class Store(Protocol):
 
     def add_feedback(self, row: tuple) -> None: ...
 
-    def has_request(self, request_id: str) -> bool: ...
+    def has_request(self, request_id: str, key_name: str | None) -> bool: ...
 
     def query(self, sql: str, params: tuple) -> list[tuple]: ...
 
@@ -155,8 +154,8 @@ class SQLiteStore:
     def add_feedback(self, row: tuple) -> None:
         self._many(f"INSERT INTO feedback ({', '.join(FEEDBACK_COLUMNS)}) VALUES ({', '.join('?' * len(row))})", [row])
 
-    def has_request(self, request_id: str) -> bool:
-        return bool(self.query("SELECT 1 FROM decisions WHERE request_id = ? LIMIT 1", (request_id,)))
+    def has_request(self, request_id: str, key_name: str | None) -> bool:
+        return bool(self.query("SELECT 1 FROM decisions WHERE request_id = ? AND key_name = ? LIMIT 1", (request_id, key_name)))
 
     def query(self, sql: str, params: tuple = ()) -> list[tuple]:
         with self._lock:
@@ -193,8 +192,8 @@ class PostgresStore:
                 f"INSERT INTO feedback ({', '.join(FEEDBACK_COLUMNS)}) VALUES ({', '.join(['%s'] * len(row))})", row
             )
 
-    def has_request(self, request_id: str) -> bool:
-        return bool(self.query("SELECT 1 FROM decisions WHERE request_id = %s LIMIT 1", (request_id,)))
+    def has_request(self, request_id: str, key_name: str | None) -> bool:
+        return bool(self.query("SELECT 1 FROM decisions WHERE request_id = %s AND key_name = %s LIMIT 1", (request_id, key_name)))
 
     def query(self, sql: str, params: tuple = ()) -> list[tuple]:
         with self._lock:
@@ -287,9 +286,10 @@ class DecisionLog:
 
     def add_feedback(self, request_id: str, key_name: str | None, rating: int | None, domain: str | None,
                      comment: str | None) -> bool:  # fmt: skip
-        """Record feedback on a logged request; False if no request has that id."""
-        if not self.store.has_request(request_id):
-            if not any(r.request_id == request_id for r in list(self._queue)):
+        """Record feedback on a request that the same key made; False if it made none with that id
+        (a key cannot rate, nor learn of, another key's requests)."""
+        if not self.store.has_request(request_id, key_name):
+            if not any(r.request_id == request_id and r.key_name == key_name for r in list(self._queue)):
                 return False
             self.flush()  # the request is still queued: write it before its feedback
         self.store.add_feedback((request_id, time.time(), key_name, rating, domain, comment))

@@ -13,6 +13,8 @@ one Lua script call per request, atomic in Redis, on Redis's own clock (replicas
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ from typing import Protocol
 
 from expertmesh.config import KeyConfig
 
+log = logging.getLogger(__name__)
 SECONDS_PER_MINUTE = 60.0
 
 
@@ -72,11 +75,25 @@ class _State:
         self.at = now
 
 
-class LocalLimiter:
-    """The buckets in this process's memory: exact for one gateway process."""
+class _KeyBuckets:
+    """Each key's two buckets, worked out once (keys are few, and fixed at start)."""
 
     def __init__(self, burst_s: float) -> None:
         self.burst_s = burst_s
+        self._of: dict[str, tuple[Bucket | None, Bucket | None]] = {}
+
+    def buckets(self, key: KeyConfig) -> tuple[Bucket | None, Bucket | None]:
+        found = self._of.get(key.name)
+        if found is None:
+            found = self._of[key.name] = _buckets(key, self.burst_s)
+        return found
+
+
+class LocalLimiter(_KeyBuckets):
+    """The buckets in this process's memory: exact for one gateway process."""
+
+    def __init__(self, burst_s: float) -> None:
+        super().__init__(burst_s)
         self._state: dict[tuple[str, str], _State] = {}
 
     def _state_of(self, name: str, kind: str, bucket: Bucket, now: float) -> _State:
@@ -87,7 +104,7 @@ class LocalLimiter:
         return state
 
     async def admit(self, key: KeyConfig) -> Refusal | None:
-        requests, tokens = _buckets(key, self.burst_s)
+        requests, tokens = self.buckets(key)
         now = time.monotonic()
         if tokens is not None:
             state = self._state_of(key.name, "tokens", tokens, now)
@@ -101,7 +118,7 @@ class LocalLimiter:
         return None
 
     async def spend(self, key: KeyConfig, tokens: int) -> None:
-        _, bucket = _buckets(key, self.burst_s)
+        _, bucket = self.buckets(key)
         if bucket is not None and tokens > 0:
             self._state_of(key.name, "tokens", bucket, time.monotonic()).level -= tokens
 
@@ -110,8 +127,9 @@ class LocalLimiter:
 
 
 # KEYS: the request bucket, the token bucket. ARGV: request capacity, request rate/s, token
-# capacity, token rate/s (a capacity of 0: no such limit), tokens to debit (0: an admission).
-# Returns {0 or 1 (admitted), the limit that refused ("" / "requests" / "tokens"), wait in ms}.
+# capacity, token rate/s (a capacity of 0: no such limit), tokens to debit first, 1 to admit a
+# request (0: only the debit). Returns {0 or 1 (admitted), the limit that refused ("" /
+# "requests" / "tokens"), wait in ms}.
 _SCRIPT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
@@ -126,11 +144,11 @@ local function save(key, l, capacity, rate)
   redis.call('PEXPIRE', key, math.ceil((capacity - math.min(l, 0)) / rate * 1000) + 1000)
 end
 local rcap, rrate, tcap, trate = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local debit = tonumber(ARGV[5])
-if debit > 0 then
+local debit, admit = tonumber(ARGV[5]), tonumber(ARGV[6])
+if debit > 0 and tcap > 0 then
   save(KEYS[2], level(KEYS[2], tcap, trate) - debit, tcap, trate)
-  return {1, '', 0}
 end
+if admit == 0 then return {1, '', 0} end
 if tcap > 0 then
   local tl = level(KEYS[2], tcap, trate)
   if tl <= 0 then return {0, 'tokens', math.ceil((1 - tl) / trate * 1000)} end
@@ -144,28 +162,42 @@ return {1, '', 0}
 """
 
 
-class RedisLimiter:
-    """The buckets in Redis, shared by every gateway process that uses the same Redis."""
+class RedisLimiter(_KeyBuckets):
+    """The buckets in Redis, shared by every gateway process that uses the same Redis.
+
+    One round trip per request: the tokens a finished answer used are owed, and go to Redis with
+    the key's next admission (the same script call), or within DEBIT_DELAY_S if none comes."""
 
     PREFIX = "expertmesh:limit:"
+    DEBIT_DELAY_S = 0.25
 
     def __init__(self, url: str, burst_s: float) -> None:
         import redis.asyncio as redis
 
-        self.burst_s = burst_s
+        super().__init__(burst_s)
         self._redis = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
         self._script = self._redis.register_script(_SCRIPT)
+        self._owed: dict[str, tuple[KeyConfig, int]] = {}  # key name -> (key, tokens not yet debited)
+        self._debiting: asyncio.Task | None = None
 
-    def _args(self, key: KeyConfig, debit: int) -> tuple[list[str], list[float]]:
-        requests, tokens = _buckets(key, self.burst_s)
+    async def _call(self, key: KeyConfig, admit: bool) -> list:
+        _, owed = self._owed.pop(key.name, (key, 0))
+        requests, tokens = self.buckets(key)
         keys = [f"{self.PREFIX}{key.name}:requests", f"{self.PREFIX}{key.name}:tokens"]
         args = [requests.capacity if requests else 0, requests.rate_per_s if requests else 0,
-                tokens.capacity if tokens else 0, tokens.rate_per_s if tokens else 0, debit]  # fmt: skip
-        return keys, args
+                tokens.capacity if tokens else 0, tokens.rate_per_s if tokens else 0, owed, int(admit)]  # fmt: skip
+        try:
+            return await self._script(keys=keys, args=args)
+        except BaseException:
+            if owed:
+                self._owe(key, owed)  # not lost: it goes with the next call
+            raise
+
+    def _owe(self, key: KeyConfig, tokens: int) -> None:
+        self._owed[key.name] = (key, self._owed.get(key.name, (key, 0))[1] + tokens)
 
     async def admit(self, key: KeyConfig) -> Refusal | None:
-        keys, args = self._args(key, 0)
-        admitted, limit, wait_ms = await self._script(keys=keys, args=args)
+        admitted, limit, wait_ms = await self._call(key, admit=True)
         if admitted:
             return None
         limit = limit.decode() if isinstance(limit, bytes) else str(limit)
@@ -174,10 +206,28 @@ class RedisLimiter:
 
     async def spend(self, key: KeyConfig, tokens: int) -> None:
         if key.tokens_per_minute and tokens > 0:
-            keys, args = self._args(key, tokens)
-            await self._script(keys=keys, args=args)
+            self._owe(key, tokens)
+            if self._debiting is None or self._debiting.done():
+                self._debiting = asyncio.create_task(self._debit_soon())
+
+    async def _debit_soon(self) -> None:
+        """Send what is still owed after DEBIT_DELAY_S (a key that made no request since)."""
+        await asyncio.sleep(self.DEBIT_DELAY_S)
+        for key, _ in list(self._owed.values()):
+            try:
+                await self._call(key, admit=False)
+            except Exception as exc:  # noqa: BLE001 - kept owed; the next call carries it
+                log.warning("rate limits: cannot debit tokens in Redis (%s: %s)", type(exc).__name__, exc)
+                return
 
     async def aclose(self) -> None:
+        if self._debiting is not None and not self._debiting.done():
+            self._debiting.cancel()
+        for key, _ in list(self._owed.values()):  # what is owed, before the gateway goes
+            try:
+                await self._call(key, admit=False)
+            except Exception:  # noqa: BLE001 - Redis is away: nothing more to do
+                break
         await self._redis.aclose()
 
 

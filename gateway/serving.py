@@ -240,8 +240,7 @@ class ChatService:
         with self.tracer.start_as_current_span("route") as span:
             decision = await self._route(messages)
             attributes = {"expertmesh.expert": decision.expert, "expertmesh.routed_by": decision.routed_by,
-                          "expertmesh.domain": decision.domain, "expertmesh.confidence": decision.confidence,
-                          "expertmesh.conversation": decision.conversation}  # fmt: skip
+                          "expertmesh.domain": decision.domain, "expertmesh.confidence": decision.confidence}  # fmt: skip
             span.set_attributes({name: value for name, value in attributes.items() if value is not None})
             return decision
 

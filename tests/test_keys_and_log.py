@@ -154,6 +154,7 @@ def test_feedback_on_a_logged_request(fake_expert, tmp_path):
             "/v1/feedback", headers=auth, json={"request_id": request_id, "domain": "legal", "rating": -1}
         )
         anonymous = client.post("/v1/feedback", json={"request_id": request_id, "rating": 1})
+        other_key = client.post("/v1/feedback", headers={"authorization": "Bearer sk-bob"}, json={"request_id": request_id, "rating": 1})
         app.state.decisions.flush()
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "request_not_found"
     assert bad_domain.status_code == 400 and "cooking" in bad_domain.json()["error"]["message"]
@@ -163,7 +164,7 @@ def test_feedback_on_a_logged_request(fake_expert, tmp_path):
         "request_id": request_id,
         "recorded": True,
     }
-    assert anonymous.status_code == 401
+    assert anonymous.status_code == 401 and other_key.status_code == 404  # bob cannot rate alice's requests
     with sqlite3.connect(tmp_path / "decisions.db") as db:
         assert db.execute("SELECT request_id, key_name, rating, domain FROM feedback").fetchall() == [
             (request_id, "alice", -1, "legal")
@@ -233,6 +234,22 @@ def test_tracing_spans_the_request_the_decision_and_the_expert_call(fake_expert,
     assert sent == f"00-{caller_trace}-{format(expert.context.span_id, '016x')}-01"
 
 
+def test_a_streamed_answer_is_one_expert_span_that_lasts_the_whole_stream(fake_expert, tmp_path):
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    with gateway(configured(fake_expert[0], tmp_path, tracing={"enabled": True}), exporter) as (client, _):
+        response = ask(client, "sk-alice", "a python question [chunk_sleep=0.05]", stream=True)
+        assert response.status_code == 200 and response.text.endswith("data: [DONE]\n\n")
+        deadline = time.monotonic() + 5
+        while len(exporter.get_finished_spans()) < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)  # the server span ends once the response has gone out
+    spans = {span.name: span for span in exporter.get_finished_spans()}
+    server, expert = spans["POST /v1/chat/completions"], spans["expert code"]
+    assert expert.parent.span_id == server.context.span_id and expert.context.trace_id == server.context.trace_id
+    assert (expert.end_time - expert.start_time) / 1e9 >= 0.05 * 4  # five words, 50 ms before each chunk
+
+
 def test_no_spans_or_trace_headers_when_tracing_is_off(fake_expert, tmp_path):
     fake_expert[1].state.traceparents.clear()
     with gateway(configured(fake_expert[0], tmp_path)) as (client, _):
@@ -266,3 +283,62 @@ def test_bad_key_and_log_settings_are_refused_by_name(fake_expert, tmp_path, cha
 def test_limits_over_several_workers_need_redis(fake_expert, tmp_path):
     with pytest.raises(ValueError, match="gateway.redis_url"):
         run_gateway(configured(fake_expert[0], tmp_path), None, "127.0.0.1", 0, workers=2)
+
+
+@pytest.mark.parametrize("protocol", ["http/json", "http/protobuf"])
+def test_spans_reach_an_otlp_collector_in_either_encoding(fake_expert, tmp_path, protocol):
+    """A stand-in collector on 127.0.0.1 gets the spans when the gateway stops (the batch is
+    flushed); the body must parse as OTLP's ExportTraceServiceRequest."""
+    import base64
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from google.protobuf import json_format
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    received: list[tuple[str, bytes]] = []
+
+    class Collector(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            received.append((self.headers["content-type"], self.rfile.read(int(self.headers["content-length"]))))
+            self.send_response(200)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    collector = ThreadingHTTPServer(("127.0.0.1", 0), Collector)
+    threading.Thread(target=collector.serve_forever, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{collector.server_address[1]}/v1/traces"
+    tracing = {"enabled": True, "otlp_endpoint": endpoint, "otlp_protocol": protocol}
+    try:
+        with gateway(configured(fake_expert[0], tmp_path, tracing=tracing)) as (client, _):
+            assert ask(client, "sk-alice", "what is this symptom?").status_code == 200
+    finally:
+        collector.shutdown()
+    request = ExportTraceServiceRequest()
+    for content_type, body in received:
+        if content_type == "application/json":  # OTLP/JSON writes ids in hex where protobuf's JSON mapping has base64
+            document = json.loads(body)
+            for resource in document["resourceSpans"]:
+                for scope in resource["scopeSpans"]:
+                    for span in scope["spans"]:
+                        for field in ("traceId", "spanId", "parentSpanId"):
+                            if field in span:
+                                span[field] = base64.b64encode(bytes.fromhex(span[field])).decode()
+            part = json_format.ParseDict(document, ExportTraceServiceRequest())
+        else:
+            assert content_type == "application/x-protobuf"
+            part = ExportTraceServiceRequest.FromString(body)
+        request.resource_spans.extend(part.resource_spans)
+    spans = {s.name: s for r in request.resource_spans for scope in r.scope_spans for s in scope.spans}
+    assert {"POST /v1/chat/completions", "route", "expert medical"} <= set(spans)
+    server, route = spans["POST /v1/chat/completions"], spans["route"]
+    assert route.parent_span_id == server.span_id and route.trace_id == server.trace_id
+    assert server.kind == 2 and spans["expert medical"].kind == 3  # SERVER, CLIENT
+    attributes = {a.key: a.value for a in route.attributes}
+    assert attributes["expertmesh.domain"].string_value == "medical"
+    assert attributes["expertmesh.confidence"].double_value == pytest.approx(0.88)
+    service = {a.key: a.value.string_value for r in request.resource_spans for a in r.resource.attributes}
+    assert service["service.name"] == "expertmesh-gateway"

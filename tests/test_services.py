@@ -66,6 +66,18 @@ def test_redis_limits_hold_across_two_worker_processes(tmp_path):
     assert abs(admitted - expected) <= 0.05 * expected, (admitted, expected, window)
 
 
+def test_redis_limits_refuse_past_the_requests_and_the_tokens_of_a_key(fake_expert, tmp_path):
+    with redis_server() as redis_url:
+        config = configured(fake_expert[0], tmp_path, gateway={"redis_url": redis_url})
+        with gateway(config) as (client, _):
+            requests = [ask(client, "sk-slow", "hi").status_code for _ in range(3)]  # a burst of 2
+            first = ask(client, "sk-thrifty", "one two three")  # 7 + 4 tokens: the 10 a minute are spent
+            time.sleep(0.5)  # the debit goes to Redis with the next admission, or within 0.25 s
+            second = ask(client, "sk-thrifty", "again")
+    assert requests == [200, 200, 429]
+    assert first.status_code == 200 and second.status_code == 429 and second.json()["error"]["type"] == "tokens"
+
+
 @pytest.mark.parametrize("database", ["sqlite", "postgresql"])
 def test_the_log_holds_every_record_of_a_10000_request_run(tmp_path, database):
     with ExitStack() as stack:
