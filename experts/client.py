@@ -266,13 +266,15 @@ class ExpertClient:
         if self.tracer is None:
             return None, None
         from opentelemetry import trace
-        from opentelemetry.propagate import inject
 
         span = self.tracer.start_span(f"expert {self.name}", kind=trace.SpanKind.CLIENT, attributes={
             "expertmesh.replica": replica.index, "expertmesh.attempt": attempt, "url.full": replica.base_url + path,
             "gen_ai.request.model": self.config.model})  # fmt: skip
-        headers: dict[str, str] = {}
-        inject(headers, context=trace.set_span_in_context(span))
+        # The W3C header by hand: what the propagator writes, without its context round trip.
+        context = span.get_span_context()
+        headers = {"traceparent": f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"}
+        if context.trace_state:  # a caller's vendor state goes on with it
+            headers["tracestate"] = context.trace_state.to_header()
         return span, headers
 
     @staticmethod

@@ -71,15 +71,19 @@ def _protobuf_exporter(endpoint: str) -> SpanExporter:
 _KINDS = {"INTERNAL": 1, "SERVER": 2, "CLIENT": 3, "PRODUCER": 4, "CONSUMER": 5}  # OTLP's SpanKind numbers
 
 
+# Attribute value -> its OTLP AnyValue, by exact type (bool before int: a bool is an int too).
+_SCALARS: dict[type, Any] = {
+    str: lambda v: {"stringValue": v},
+    bool: lambda v: {"boolValue": v},
+    int: lambda v: {"intValue": str(v)},  # int64 is a string in protobuf's JSON mapping
+    float: lambda v: {"doubleValue": v},
+}
+
+
 def _value(value: Any) -> dict[str, Any]:
-    if isinstance(value, bool):
-        return {"boolValue": value}
-    if isinstance(value, int):
-        return {"intValue": str(value)}  # int64 is a string in protobuf's JSON mapping
-    if isinstance(value, float):
-        return {"doubleValue": value}
-    if isinstance(value, str):
-        return {"stringValue": value}
+    encode = _SCALARS.get(type(value))
+    if encode is not None:
+        return encode(value)
     if isinstance(value, Sequence):
         return {"arrayValue": {"values": [_value(item) for item in value]}}
     return {"stringValue": str(value)}
@@ -89,14 +93,24 @@ def _attributes(attributes: Mapping[str, Any] | None) -> list[dict[str, Any]]:
     return [{"key": key, "value": _value(value)} for key, value in (attributes or {}).items()]
 
 
+def _plain(attributes: Any) -> Mapping[str, Any]:
+    """The SDK's own dict behind a span's attributes: its public `attributes` is a read-only
+    proxy over a MutableMapping, whose item-by-item iteration was half the encoding's time.
+    Falls back to the public view if the SDK's insides change."""
+    return getattr(attributes, "_dict", None) or attributes or {}
+
+
 def _span(span: ReadableSpan) -> dict[str, Any]:
     context = span.context
+    status = span.status
     encoded: dict[str, Any] = {
         "traceId": format(context.trace_id, "032x"), "spanId": format(context.span_id, "016x"),
         "name": span.name, "kind": _KINDS[span.kind.name],
         "startTimeUnixNano": str(span.start_time), "endTimeUnixNano": str(span.end_time),
-        "attributes": _attributes(span.attributes), "flags": 0x100 | int(context.trace_flags),
-        "status": {"code": span.status.status_code.value, **({"message": span.status.description} if span.status.description else {})},
+        "attributes": _attributes(_plain(getattr(span, "_attributes", None) or span.attributes)),
+        "flags": 0x100 | context.trace_flags,
+        "status": {"code": status.status_code.value, "message": status.description} if status.description
+        else {"code": status.status_code.value},
     }  # fmt: skip
     if span.parent is not None:
         encoded["parentSpanId"] = format(span.parent.span_id, "016x")

@@ -19,6 +19,9 @@ def test_compose_gateway_config_points_at_compose_services(monkeypatch):
     hosts = {str(expert.backend).split("//")[1].split(":")[0] for expert in config.experts}
     assert hosts <= set(compose["services"]), f"experts point at undeclared services {hosts}"
     assert config.gateway.api_keys == ["sk-test"]
+    # the limits' Redis and the decision log's PostgreSQL are compose services too
+    assert config.gateway.redis_url.split("//")[1].split(":")[0] in compose["services"]
+    assert config.log.url.split("@")[1].split(":")[0] in compose["services"]
 
 
 def compose() -> dict:
