@@ -20,11 +20,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from expertmesh.config import KeyConfig, LogConfig, TracingConfig  # noqa: E402
-from expertmesh.gateway.decision_log import DecisionLog, RequestRecord  # noqa: E402
-from expertmesh.gateway.ratelimit import LocalLimiter, RedisLimiter  # noqa: E402
-from expertmesh.gateway.tracing import RequestTracer, build_tracer_provider  # noqa: E402
-from tests.services import postgres_server, redis_server  # noqa: E402
+from expertmesh.config import KeyConfig, LogConfig, TracingConfig
+from expertmesh.gateway.decision_log import DecisionLog, RequestRecord
+from expertmesh.gateway.ratelimit import LocalLimiter, RedisLimiter
+from expertmesh.gateway.tracing import RequestTracer, build_tracer_provider
+from tests.services import postgres_server, redis_server
 
 KEY = KeyConfig(name="bench", key="sk", requests_per_minute=10**9, tokens_per_minute=10**12)
 
@@ -132,10 +132,10 @@ def main() -> None:
     for name, encode in [("protobuf (the library's exporter)", lambda batch: encode_spans(batch).SerializeToString()),
                          ("JSON (gateway/tracing.py)", otlp_json)]:  # fmt: skip
         per_span = statistics.median(_encode_seconds(encode, spans) for _ in range(args.rounds)) / len(spans) * 1e6
-        rows.append((f"tracing: OTLP export, {name}", per_span * 3, f"{per_span:.1f} µs a span, in batches of 512 (the export thread)"))
+        rows.append((f"tracing: OTLP export, {name}", per_span * 3, f"{per_span:.1f} µs a span, in batches of 512"))
 
-    lines = [f"Machine: {platform.processor() or platform.machine()}, {platform.python_implementation()} {platform.python_version()}, "
-             f"{time.strftime('%Y-%m-%d')}; median of {args.rounds} rounds", "",
+    machine = f"{platform.processor() or platform.machine()}, {platform.python_implementation()} {platform.python_version()}"
+    lines = [f"Machine: {machine}, {time.strftime('%Y-%m-%d')}; median of {args.rounds} rounds", "",
              "| what | µs per request | note |", "|---|---|---|"]  # fmt: skip
     lines += [f"| {what} | {us:.1f} | {note} |" for what, us, note in rows]
     text = "\n".join(lines)

@@ -15,7 +15,7 @@ class Sink(BaseHTTPRequestHandler):
     batches = 0
     received_bytes = 0
 
-    def do_POST(self) -> None:  # noqa: N802 - the http.server API
+    def do_POST(self) -> None:
         length = int(self.headers.get("content-length", 0))
         self.rfile.read(length)
         Sink.batches += 1

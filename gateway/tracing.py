@@ -58,10 +58,10 @@ def build_tracer_provider(config: TracingConfig, exporter: SpanExporter | None =
 
 
 # --- OTLP/HTTP in its JSON encoding ----------------------------------------------------------------
-# The library's exporter builds the protobuf message field by field in Python: 38-55 µs a span on
-# the 2-core VM of BENCHMARKS.md, up to three spans a request, on the gateway's own core. The same
-# OTLP request as JSON (the protocol's other encoding, which the OpenTelemetry Collector, Jaeger
-# and Tempo accept) is plain dicts and one orjson call: ~16 µs a span.
+# The library's exporter builds the protobuf message field by field in Python, on the gateway's
+# own core: 2-2.5x the time of the same OTLP request as JSON (the protocol's other encoding, which
+# the OpenTelemetry Collector, Jaeger and Tempo accept), plain dicts and one orjson call
+# (benchmarks/bench_observability.py; BENCHMARKS.md).
 
 _KINDS = {"INTERNAL": 1, "SERVER": 2, "CLIENT": 3, "PRODUCER": 4, "CONSUMER": 5}  # OTLP's SpanKind numbers
 

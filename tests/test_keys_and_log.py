@@ -299,7 +299,7 @@ def test_spans_reach_an_otlp_collector_in_either_encoding(fake_expert, tmp_path,
     received: list[tuple[str, bytes]] = []
 
     class Collector(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802
+        def do_POST(self):
             received.append((self.headers["content-type"], self.rfile.read(int(self.headers["content-length"]))))
             self.send_response(200)
             self.send_header("content-length", "0")
