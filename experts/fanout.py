@@ -54,9 +54,10 @@ class ExpertAnswer:
     usage: dict[str, int] = field(default_factory=dict)
     sub_question: str | None = None
 
-    def summary(self) -> dict[str, Any]:
-        """What the response reports about this expert (not its whole text)."""
-        return {k: v for k, v in asdict(self).items() if k not in ("text", "usage") and v is not None}
+    def summary(self, with_text: bool = False) -> dict[str, Any]:
+        """What the response reports about this expert: its whole text only if asked for."""
+        left_out = ("usage",) if with_text else ("text", "usage")
+        return {k: v for k, v in asdict(self).items() if k not in left_out and v is not None}
 
 
 class AllExpertsFailed(ExpertUnavailable):

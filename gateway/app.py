@@ -8,7 +8,7 @@ import time
 from contextlib import asynccontextmanager
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import ValidationError
@@ -34,6 +34,8 @@ from expertmesh.gateway.protocol import (
 from expertmesh.gateway.recording import RequestRecorder
 from expertmesh.gateway.serving import Caller, ChatService, decision_headers
 from expertmesh.gateway.tracing import RequestTracer, build_tracer_provider
+from expertmesh.gateway.traffic import TrafficQuery, Window, traffic_report
+from expertmesh.gateway.ui import add_ui
 from expertmesh.router.policy import RoutingPolicy
 
 log = logging.getLogger(__name__)
@@ -175,6 +177,38 @@ def build_app(config: Config, policy: RoutingPolicy | None, experts: ExpertPool,
             raise APIError(404, f"no logged request has the id '{body.request_id}'", param="request_id",
                            code="request_not_found")  # fmt: skip
         return JSONResponse({"object": "feedback", "request_id": body.request_id, "recorded": True})
+
+    @app.get("/v1/traffic", responses=openapi.TRAFFIC_RESPONSES)
+    async def traffic(
+        key: Key,
+        window: Annotated[Window, Query(description="How far back from `until`")] = "1h",
+        until: Annotated[float | None, Query(description="The window's end, unix seconds (default: now)",
+                                             allow_inf_nan=False, ge=0, le=1e11)] = None,
+        buckets: Annotated[int, Query(description="At most this many time buckets", ge=6, le=240)] = 48,
+        key_name: Annotated[str | None, Query(alias="key", max_length=128,
+                                              description="Only this key's requests (keys with traffic: all)")] = None,
+    ) -> JSONResponse:
+        """The traffic dashboard's figures from the decision log: requests per expert over time,
+        confidence per domain, fallback, failover and error rates, latency, feedback. A key sees
+        its own requests unless it is configured with `traffic: all`."""
+        if decisions is None:
+            raise APIError(409, "the decision log is off (log.enabled: false): there is no traffic to show",
+                           code="log_disabled")  # fmt: skip
+        if key.traffic == "own" and key_name not in (None, key.name):
+            raise APIError(403, f"The key '{key.name}' may see only its own traffic (traffic: own)", param="key",
+                           code="traffic_not_allowed")  # fmt: skip
+        query = TrafficQuery(window, time.time() if until is None else until, buckets,
+                             key.name if key.traffic == "own" else key_name)  # fmt: skip
+        threshold = app.state.service.policy.threshold if app.state.service.policy is not None else None
+
+        def report() -> dict:
+            decisions.flush()  # the requests of the last half second too
+            return traffic_report(decisions.store, query, threshold, config.domains)
+
+        return JSONResponse(await asyncio.to_thread(report))
+
+    if config.gateway.ui:
+        add_ui(app)
 
     started = int(time.time())  # the models' "created": when this gateway started serving them
 

@@ -74,6 +74,7 @@ class FanoutSettings:
     decompose: bool
     aggregator: str
     expert_timeout_s: float
+    include_answers: bool = False
 
     @classmethod
     def merge(cls, config: FanoutConfig, fallback_expert: str, options: FanoutOptions | None) -> FanoutSettings:
@@ -82,7 +83,7 @@ class FanoutSettings:
             enabled=asked.get("fanout", config.enabled), top_p=asked.get("top_p", config.top_p),
             max_experts=asked.get("max_experts", config.max_experts), strategy=asked.get("strategy", config.strategy),
             decompose=asked.get("decompose", config.decompose), aggregator=config.aggregator or fallback_expert,
-            expert_timeout_s=config.expert_timeout_s,
+            expert_timeout_s=config.expert_timeout_s, include_answers=asked.get("include_answers", False),
         )  # fmt: skip
 
 
@@ -141,7 +142,7 @@ class FanoutResponder:
 
     @staticmethod
     def _report(answers: list[ExpertAnswer], settings: FanoutSettings) -> dict[str, Any]:
-        report: dict[str, Any] = {"experts": [a.summary() for a in answers]}
+        report: dict[str, Any] = {"experts": [a.summary(settings.include_answers) for a in answers]}
         if settings.strategy == "synthesize":
             report["aggregator"] = settings.aggregator
         return report

@@ -12,8 +12,8 @@ from expertmesh.gateway.ratelimit import Limiter, Refusal, build_limiter, retry_
 
 log = logging.getLogger(__name__)
 
-# When no key is configured, every caller is this one: unlimited, every expert.
-ANONYMOUS = KeyConfig(name="anonymous", key="-")
+# When no key is configured, every caller is this one: unlimited, every expert, all traffic.
+ANONYMOUS = KeyConfig(name="anonymous", key="-", traffic="all")
 LIMITER_WARNING_EVERY_S = 30.0
 
 

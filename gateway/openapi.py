@@ -55,6 +55,12 @@ SSE_EVENT: dict[str, Any] = {
 METRICS_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}},
 }
+TRAFFIC_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "The dashboard's figures for the window", "content": {"application/json": {"schema": {
+        "type": "object", "required": ["object", "totals", "experts", "series", "confidence"]}}}},
+    403: {"description": "The key may see only its own traffic", **_ERROR},
+    409: {"description": "The decision log is off", **_ERROR},
+}  # fmt: skip
 READY_RESPONSES: dict[int | str, dict[str, Any]] = {
     503: {
         "description": "Some routed domain has no expert that can answer",

@@ -78,6 +78,8 @@ class FanoutOptions(BaseModel):
     max_experts: int | None = Field(default=None, ge=1, le=8)
     strategy: Literal["synthesize", "best", "all"] | None = None
     decompose: bool | None = None
+    # Each expert's own answer text in the fan-out report, beside the combined answer (the playground shows them).
+    include_answers: bool | None = None
 
 
 class ChatCompletionRequest(BaseModel):

@@ -22,9 +22,11 @@ class RoutingDecision:
     router: str | None = None  # the router kind that decided
     latency_ms: float = 0.0
     conversation: Conversation | None = None  # None: a single user turn was routed
+    threshold: float | None = None  # the confidence below which the fallback expert answers
 
     def to_dict(self) -> dict:
         # By hand: dataclasses.asdict deep-copies recursively, a measurable cost on every request.
         return {"expert": self.expert, "routed_by": self.routed_by, "domain": self.domain,
                 "confidence": self.confidence, "scores": dict(self.scores), "router": self.router,
-                "latency_ms": self.latency_ms, "conversation": self.conversation}  # fmt: skip
+                "latency_ms": self.latency_ms, "conversation": self.conversation,
+                "threshold": self.threshold}  # fmt: skip

@@ -81,6 +81,7 @@ class RoutingPolicy:
             router=self.classifier.kind,
             latency_ms=round(latency_ms, 3),
             conversation=conversation,
+            threshold=self.threshold,
         )
 
 

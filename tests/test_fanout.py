@@ -201,6 +201,24 @@ def test_a_request_can_turn_fanout_on_and_pick_its_strategy(fake_expert):
         assert "fanout" not in confident["expertmesh"]  # one expert is enough: the plain path
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_each_experts_own_answer_is_reported_only_when_asked_for(fanout_gateway, stream):
+    _, _, make = fanout_gateway
+    with make(strategy="synthesize") as url:
+        plain = ask(url).json()["expertmesh"]["fanout"]["experts"]
+        asked = {"fanout": True, "include_answers": True}
+        if stream:
+            with httpx.stream("POST", f"{url}/v1/chat/completions", timeout=30, json={"model": "auto", "stream": True,
+                              "messages": [{"role": "user", "content": CROSS}], "expertmesh": asked}) as response:  # fmt: skip
+                events = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: {")]
+            report = next(e["expertmesh"]["fanout"] for e in events if "experts" in e.get("expertmesh", {}).get("fanout", {}))
+        else:
+            report = ask(url, expertmesh=asked).json()["expertmesh"]["fanout"]
+    assert all("text" not in e for e in plain)
+    texts = {e["expert"]: e["text"] for e in report["experts"]}
+    assert texts["medical"].startswith("[medical-model]") and texts["finance"].startswith("[finance-model]")
+
+
 def test_decomposed_questions_send_each_expert_its_part(fanout_gateway):
     _, fake, make = fanout_gateway
     with make(strategy="all", decompose=True) as url:
