@@ -85,12 +85,11 @@ def read_rows(store: Store, query: TrafficQuery) -> tuple[list[Row], bool]:
         f"prompt_tokens, completion_tokens, status FROM decisions WHERE {where} ORDER BY time DESC LIMIT {MAX_ROWS + 1}",
         params,
     )
-    rows = [
-        Row(t, endpoint, _answered_by(expert, answered_by), domain, confidence, routed_by, failovers is not None,
-            latency, prompt, completion, status)  # fmt: skip
-        for t, endpoint, expert, answered_by, domain, confidence, routed_by, failovers, latency, prompt, completion,
-        status in raw[:MAX_ROWS]
-    ]
+    rows = []
+    for t, endpoint, expert, answered_by, domain, confidence, routed_by, failovers, *rest in raw[:MAX_ROWS]:
+        latency, prompt, completion, status = rest
+        rows.append(Row(t, endpoint, _answered_by(expert, answered_by), domain, confidence, routed_by,
+                        failovers is not None, latency, prompt, completion, status))  # fmt: skip
     return rows, len(raw) > MAX_ROWS
 
 

@@ -83,6 +83,8 @@ def test_the_wheel_has_one_top_level_package_with_its_data(wheel):
     assert any(n.startswith("expertmesh/router/data/routing/written/") for n in names)
     assert any(n.startswith("expertmesh/eval/tasks/") and n.endswith(".yaml") for n in names)
     assert any(n.startswith("expertmesh/eval/data/bench/") for n in names)
+    ui = {str(path.relative_to(REPO)) for path in (REPO / "gateway" / "ui").rglob("*") if path.is_file()}
+    assert ui and {f"expertmesh/{name}" for name in ui} <= set(names)  # the pages and every file they load
     assert not any(n.startswith("tests/") or n.startswith("benchmarks/") for n in names)
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "expertmesh = expertmesh.cli:main" in entry_points

@@ -93,8 +93,12 @@ def test_traffic_figures_from_the_log(fake_expert, tmp_path):
         route = client.post("/v1/route", headers=ALICE, json={"text": "my contract"})
         assert route.status_code == 200
         rows = logged(app, tmp_path, 7)
-        rated = next(r["request_id"] for r in rows if r["domain"] == "legal" and r["endpoint"] == "/v1/chat/completions")
-        feedback = client.post("/v1/feedback", headers=ALICE, json={"request_id": rated, "rating": -1, "domain": "finance"})
+        rated = next(
+            r["request_id"] for r in rows if r["domain"] == "legal" and r["endpoint"] == "/v1/chat/completions"
+        )
+        feedback = client.post(
+            "/v1/feedback", headers=ALICE, json={"request_id": rated, "rating": -1, "domain": "finance"}
+        )
         assert feedback.status_code == 200
         report = client.get("/v1/traffic", headers=ALICE, params={"window": "15m", "buckets": 6}).json()
 
@@ -104,7 +108,9 @@ def test_traffic_figures_from_the_log(fake_expert, tmp_path):
     assert totals["client_errors"] == 1 and totals["server_errors"] == 1
     by_expert = {e["expert"]: e for e in report["experts"]}
     assert by_expert["medical"]["requests"] == 3 and by_expert["medical"]["server_errors"] == 1
-    assert by_expert["medical"]["p50_ms"] is not None and by_expert["medical"]["p95_ms"] >= by_expert["medical"]["p50_ms"]
+    assert (
+        by_expert["medical"]["p50_ms"] is not None and by_expert["medical"]["p95_ms"] >= by_expert["medical"]["p50_ms"]
+    )
     assert sum(e["share"] for e in report["experts"]) == pytest.approx(1, abs=0.01)
     series = report["series"]
     assert series["bucket_s"] == 300 and len(series["starts"]) in (3, 4)  # 15 minutes in 5-minute buckets
@@ -126,7 +132,9 @@ def test_traffic_keeps_texts_out_unless_the_log_keeps_them(fake_expert, tmp_path
     assert report["least_confident"][0]["text"] is None
 
 
-@pytest.mark.parametrize("params", [{"window": "2h"}, {"buckets": 2}, {"until": "nan"}, {"until": "-5"}, {"buckets": "x"}])
+@pytest.mark.parametrize(
+    "params", [{"window": "2h"}, {"buckets": 2}, {"until": "nan"}, {"until": "-5"}, {"buckets": "x"}]
+)
 def test_bad_traffic_queries_are_400s_that_name_the_parameter(fake_expert, tmp_path, params):
     with gateway(keys_with_ops(fake_expert[0], tmp_path)) as (client, _):
         response = client.get("/v1/traffic", headers=ALICE, params=params)

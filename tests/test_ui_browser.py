@@ -125,7 +125,8 @@ def screenshot(browser, name: str, size: tuple[int, int] = LAPTOP, full_height: 
     browser.set_window_size(*size)
     if full_height:  # twice: the first resize can change the layout's height
         for _ in range(2):
-            height = max(size[1], browser.execute_script("return document.documentElement.scrollHeight"))
+            # the window's height includes a few pixels of frame that the page does not get
+            height = max(size[1], browser.execute_script("return document.documentElement.scrollHeight") + 120)
             browser.set_window_size(size[0], height)
     browser.save_screenshot(str(ARTIFACTS / f"{name}.png"))
     browser.set_window_size(*size)
@@ -156,7 +157,10 @@ def last_answer(browser, count: int):
 
 
 def scores(browser) -> dict[str, float]:
-    return {row.get_attribute("data-domain"): float(row.get_attribute("data-score")) for row in find_all(browser, "#scores li")}
+    return {
+        row.get_attribute("data-domain"): float(row.get_attribute("data-score"))
+        for row in find_all(browser, "#scores li")
+    }
 
 
 def check_accessible(browser, page: str) -> None:
@@ -206,7 +210,9 @@ def test_a_conversation_in_the_playground_then_on_the_dashboard(served, browser)
     send(browser, CROSS_DOMAIN)
     combined = last_answer(browser, 1)
     assert combined.get_attribute("data-expert") == "fan-out" and "fan-out: code + math" in combined.text
-    answers = {item.get_attribute("data-expert"): item.text for item in find_all(browser, "#fanout-answers li[data-expert]")}
+    answers = {
+        item.get_attribute("data-expert"): item.text for item in find_all(browser, "#fanout-answers li[data-expert]")
+    }
     assert set(answers) == {"code", "math"} and all("answered" in text for text in answers.values()), answers
     assert len(find_all(browser, "#fanout-answers li[data-expert] .text")) == 2
     screenshot(browser, "playground-fanout")
@@ -226,7 +232,10 @@ def test_a_conversation_in_the_playground_then_on_the_dashboard(served, browser)
     # The dashboard counts those requests (the key is kept for the tab).
     browser.get(f"{served}/ui/traffic")
     wait(browser, lambda: find(browser, "#report").get_attribute("data-loaded") == "true")
-    tiles = {t.get_attribute("data-testid"): t.find_element("css selector", ".value").text for t in find_all(browser, "#tiles li")}
+    tiles = {
+        t.get_attribute("data-testid"): t.find_element("css selector", ".value").text
+        for t in find_all(browser, "#tiles li")
+    }
     assert int(tiles["requests"]) >= 2 and int(tiles["route-only"]) >= 1
     experts = {row.get_attribute("data-expert") for row in find_all(browser, "#experts tr[data-expert]")}
     assert {"medical", "legal"} <= experts
@@ -239,7 +248,9 @@ def test_a_conversation_in_the_playground_then_on_the_dashboard(served, browser)
     assert fits_width(browser), "the dashboard scrolls sideways at a phone's width"
     screenshot(browser, "traffic-phone", PHONE)
     browser.set_window_size(*LAPTOP)
-    errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE" and "401" not in entry["message"]]
+    errors = [
+        entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE" and "401" not in entry["message"]
+    ]
     assert errors == [], errors  # no script errors on either page
 
 
